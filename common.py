@@ -1,0 +1,358 @@
+"""Plumbing shared by som.py and nc_lql.py: environments, logging, evaluation, seeding, checkpoints, validation.
+
+Nothing algorithmic lives here (no losses, no samplers, no update rules). Copy this file next to one of the scripts
+to use that script in another codebase.
+
+Importing this module registers `MultimodalBandit-v0`, a one-step continuous bandit with two separated reward modes
+of different heights, the cheapest place to watch a generative policy put its mass on high-value actions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from typing import Callable, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+from gymnasium.vector import AutoresetMode
+
+# --------------------------------------------------------------------------------------------------------------------
+# Errors: one clear sentence and a non-zero exit, never a deep traceback.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class UserInputError(SystemExit):
+    """Bad input from the user. Exits with status 2 and prints `error: <message>` to stderr."""
+
+    def __init__(self, message: str):
+        print(f"error: {message}", file=sys.stderr)
+        super().__init__(2)
+
+
+def require(condition: bool, message: str) -> None:
+    """Stop with `message` (one sentence) and exit status 2 when `condition` is false."""
+    if not condition:
+        raise UserInputError(message)
+
+
+def check_positive(args, names: list[str]) -> None:
+    """Every field in `names` of the args dataclass must be a positive number."""
+    for name in names:
+        value = getattr(args, name)
+        flag = "--" + name.replace("_", "-")
+        require(value > 0, f"{flag} must be positive, got {value}.")
+
+
+def validate_env_id(env_id: str) -> None:
+    """The env id must be registered and have a bounded continuous (Box) action space."""
+    if ":" in env_id:  # "module:Env-v0" registers on import; let gymnasium import it.
+        try:
+            gym.spec(env_id)
+        except Exception as exc:  # noqa: BLE001 - any import/registration failure is the user's input
+            raise UserInputError(f"could not load environment {env_id!r}: {exc}") from None
+    elif env_id not in gym.registry:
+        close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UserInputError(f"unknown environment id {env_id!r}.{hint}")
+    env = gym.make(env_id)
+    space = env.action_space
+    env.close()
+    require(
+        isinstance(space, gym.spaces.Box),
+        f"{env_id} has a {type(space).__name__} action space; this algorithm needs continuous (Box) actions.",
+    )
+    require(
+        bool(np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))),
+        f"{env_id} has an unbounded action space; this algorithm needs finite action bounds.",
+    )
+
+
+def pick_device(cuda: bool) -> torch.device:
+    """CUDA when asked and present; asked but absent falls back to the CPU with a warning (documented choice)."""
+    if cuda and not torch.cuda.is_available():
+        warnings.warn("--cuda was given but no CUDA device is available; running on the CPU.", stacklevel=2)
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Environments (gymnasium 1.x)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MultimodalBandit(gym.Env):
+    """One-step bandit: a constant observation, a 2-D action in [-1, 1]^2, and a reward with two Gaussian bumps.
+
+    reward(a) = 1.0 * exp(-|a - (0.5, 0.5)|^2 / (2 0.15^2)) + 0.6 * exp(-|a - (-0.5, -0.5)|^2 / (2 0.15^2))
+    The best mode pays 1.0, the second 0.6, and a uniformly random action earns about 0.06 on average.
+    """
+
+    MODES = np.array([[0.5, 0.5], [-0.5, -0.5]], dtype=np.float64)
+    HEIGHTS = np.array([1.0, 0.6])
+    WIDTH = 0.15
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+
+    @classmethod
+    def reward(cls, action: np.ndarray) -> np.ndarray:
+        """Reward of actions with shape (..., 2)."""
+        sq_dist = ((np.asarray(action, dtype=np.float64)[..., None, :] - cls.MODES) ** 2).sum(-1)
+        return (cls.HEIGHTS * np.exp(-sq_dist / (2 * cls.WIDTH**2))).sum(-1)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, dtype=np.float32), {}
+
+    def step(self, action):
+        reward = float(self.reward(np.clip(action, -1.0, 1.0)))
+        return np.zeros(1, dtype=np.float32), reward, True, False, {}
+
+
+if "MultimodalBandit-v0" not in gym.registry:
+    gym.register("MultimodalBandit-v0", entry_point=MultimodalBandit, max_episode_steps=1)
+
+
+def make_env(env_id: str, seed: int, capture_video_dir: Optional[str] = None) -> Callable[[], gym.Env]:
+    """A thunk for the vector env: actions rescaled to [-1, 1], episode returns recorded (raw, unscaled)."""
+
+    def thunk():
+        if capture_video_dir is not None:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, capture_video_dir, disable_logger=True)
+        else:
+            env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+        env.action_space.seed(seed)
+        return env
+
+    return thunk
+
+
+def make_vector_env(env_id: str, num_envs: int, seed: int, capture_video_dir: Optional[str] = None):
+    """`num_envs` copies in a SyncVectorEnv with same-step autoreset.
+
+    With AutoresetMode.SAME_STEP the observation returned on the step an episode ends is already the reset one and
+    the true last observation is in infos["final_obs"]: every step is a real transition, nothing to skip.
+    """
+    thunks = [make_env(env_id, seed + i, capture_video_dir if i == 0 else None) for i in range(num_envs)]
+    envs = gym.vector.SyncVectorEnv(thunks, autoreset_mode=AutoresetMode.SAME_STEP)
+    envs.action_space.seed(seed)
+    return envs
+
+
+def real_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:
+    """The observation each sub-env really reached: the final one where an episode just ended (see make_vector_env)."""
+    if "_final_obs" not in infos:
+        return next_obs
+    real = next_obs.copy()
+    for i in np.flatnonzero(infos["_final_obs"]):
+        real[i] = infos["final_obs"][i]
+    return real
+
+
+def finished_episodes(infos: dict) -> list[tuple[float, int]]:
+    """(return, length) of every episode that ended on this step."""
+    if "final_info" not in infos or "episode" not in infos["final_info"]:
+        return []
+    episode = infos["final_info"]["episode"]
+    return [(float(episode["r"][i]), int(episode["l"][i])) for i in np.flatnonzero(episode["_r"])]
+
+
+def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, num_episodes: int, seed: int, device):
+    """Run `num_episodes` episodes as one batch (one env each, one policy call per step); return their returns.
+
+    `policy` maps a (num_episodes, obs_dim) float tensor to actions in [-1, 1]. Each sub-env plays exactly one
+    episode; finished ones keep being stepped (their results ignored) until all are done.
+    """
+    envs = gym.vector.SyncVectorEnv([make_env(env_id, seed + i) for i in range(num_episodes)])
+    obs, _ = envs.reset(seed=seed)
+    returns = np.zeros(num_episodes)
+    lengths = np.zeros(num_episodes, dtype=np.int64)
+    done = np.zeros(num_episodes, dtype=bool)
+    while not done.all():
+        with torch.no_grad():
+            actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        obs, rewards, terminated, truncated, _ = envs.step(actions)
+        returns += np.where(done, 0.0, rewards)
+        lengths += ~done
+        done |= terminated | truncated
+    envs.close()
+    return returns, lengths
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A batched layer so that both critics run as one call (used by both scripts' critics)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class EnsembleMLP(nn.Module):
+    """`num_members` independent MLPs evaluated as one batched call (e.g. both critics at once).
+
+    forward(*inputs) takes tensors whose leading dims broadcast against each other, e.g. states (B, S) with
+    candidate actions (N, B, A): the first layer projects each input on its own slice of the weight and adds the
+    projections with broadcasting, so a state shared by N candidates is multiplied once, not N times.
+    Returns (num_members, *broadcast_leading_dims, out_dim). Initialised like torch.nn.Linear (uniform in
+    +-1/sqrt(fan_in), fan_in of the whole first layer); re-initialise `weights`/`biases` for another scheme.
+    """
+
+    def __init__(self, num_members: int, input_dims: list[int], hidden_dim: int, num_hidden: int, out_dim: int,
+                 activation: type[nn.Module] = nn.Mish):
+        super().__init__()
+        self.input_dims = list(input_dims)
+        sizes = [sum(input_dims)] + [hidden_dim] * num_hidden + [out_dim]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(num_members, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(num_members, 1, fan_out).uniform_(-bound, bound)))
+        self.activation = activation()
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        lead = torch.broadcast_shapes(*(x.shape[:-1] for x in inputs))
+        members, hidden = self.weights[0].shape[0], self.weights[0].shape[2]
+        h = self.biases[0].view(members, *([1] * len(lead)), hidden)
+        for x, w in zip(inputs, self.weights[0].split(self.input_dims, dim=1)):
+            proj = torch.matmul(x.reshape(1, -1, x.shape[-1]), w)  # (E, rows of x, H)
+            h = h + proj.view(members, *([1] * (len(lead) - x.dim() + 1)), *x.shape[:-1], hidden)
+        h = self.activation(h).reshape(members, -1, hidden)
+        for w, b in zip(self.weights[1:-1], self.biases[1:-1]):
+            h = self.activation(torch.baddbmm(b, h, w))
+        out = torch.baddbmm(self.biases[-1], h, self.weights[-1])
+        return out.view(members, *lead, out.shape[-1])
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """Exclude a module's parameters from autograd inside the block (input-gradients only, e.g. grad_a Q)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """target <- (1 - tau) target + tau online, as one fused foreach call."""
+    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class Logger:
+    """TensorBoard events under runs/{run_name}/, plus wandb when `track` is set (it mirrors the TensorBoard file)."""
+
+    def __init__(self, run_dir: str, args, track: bool = False, project: str = "", entity: Optional[str] = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            probe = os.path.join(run_dir, ".write_test")
+            open(probe, "w").close()
+            os.remove(probe)
+        except OSError as exc:
+            raise UserInputError(f"cannot write the run directory {run_dir!r} ({exc.strerror}).") from None
+        if track:
+            import wandb
+
+            wandb.init(
+                project=project,
+                entity=entity,
+                sync_tensorboard=True,
+                config=vars(args),
+                name=os.path.basename(run_dir),
+                save_code=True,
+            )
+        self.run_dir = run_dir
+        self.writer = SummaryWriter(run_dir)
+        table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+
+    def scalars(self, values: dict, step: int) -> dict:
+        """Log a dict of floats or 0-d tensors; tensors are moved to the host in ONE transfer. Returns the floats."""
+        keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+        floats = dict(values)
+        if keys:
+            host = torch.stack([values[k].detach().float().reshape(()) for k in keys]).tolist()
+            floats.update(zip(keys, host))
+        for key, value in floats.items():
+            self.writer.add_scalar(key, value, step)
+        return floats
+
+    def close(self) -> None:
+        self.writer.close()
+        if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+            sys.modules["wandb"].finish()
+
+
+def run_name_for(env_id: str, exp_name: str, seed: int) -> str:
+    return f"{env_id.replace(':', '_').replace('/', '_')}__{exp_name}__{seed}__{int(time.time())}"
+
+
+class Progress:
+    """A console line every `every` seconds: step, steps per second, last return, ETA."""
+
+    def __init__(self, total_steps: int, every: float = 10.0):
+        self.total, self.every = total_steps, every
+        self.start = self.last = time.time()
+
+    def update(self, step: int, last_return: Optional[float]) -> None:
+        now = time.time()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        sps = step / max(now - self.start, 1e-9)
+        eta = (self.total - step) / max(sps, 1e-9)
+        ret = "n/a" if last_return is None else f"{last_return:.1f}"
+        print(f"step {step:>9}/{self.total}  SPS {sps:6.0f}  last return {ret:>8}  ETA {eta / 60:6.1f} min", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Saved models
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def save_atomic(payload: dict, path: str) -> None:
+    """torch.save to a temporary file, then rename: a kill while writing leaves any previous file intact."""
+    tmp = f"{path}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checked(path: str, algorithm: str, env_id: Optional[str] = None) -> dict:
+    """Load a file written by save_atomic and check it was made by `algorithm` (and for `env_id` when given)."""
+    require(os.path.isfile(path), f"no such model file: {path!r}.")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    require(
+        isinstance(payload, dict) and payload.get("algorithm") == algorithm,
+        f"{path!r} was not written by {algorithm} (it says {payload.get('algorithm') if isinstance(payload, dict) else 'nothing'}).",
+    )
+    if env_id is not None:
+        saved_env = payload["args"]["env_id"]
+        require(saved_env == env_id, f"{path!r} was trained on {saved_env}, not {env_id}.")
+    return payload

@@ -1,0 +1,616 @@
+"""SOM: Score-Based One-step MeanFlow Policy Optimization, in one file.
+
+Paper: Kim, Ki, Ahn, Lee, "Score-Based One-step MeanFlow Policy Optimization", arXiv 2605.23365 (2026).
+
+The idea. The target policy is the Boltzmann policy pi*(a|s) ~ exp(Q(s, a) / alpha). Noise it with a VP diffusion,
+a_t = mu(t) a_0 + sigma(t) eps, and the probability-flow ODE da/dt = -0.5 beta(t) (a + score_t(a)) carries Gaussian
+noise at t = 1 to pi* at t = 0. SOM never samples pi*: it estimates score_t from the critic with K Monte-Carlo
+proposals of the clean action (an iDEM-style estimator), turns it into the ODE's velocity v(a_t, t), and trains a
+MeanFlow network u(s, a, r, t) -- the AVERAGE velocity over [r, t] -- with the MeanFlow identity
+u = v - (t - r) du/dt. Then one network evaluation maps noise to an action: a = eps - u(s, eps, r=0, t=1). Acting
+draws N such candidates and keeps the one the twin critics rate highest; N = 1 is the pure one-step policy.
+
+What is reconstructed. Only the abstract is public; there is no released code. Everything below except the pieces
+named in the abstract (MeanFlow actor, Boltzmann target, iDEM-style score from Q, PF-ODE target velocity,
+best-of-N) and the reported K = 100, beta in [0.1, 20], is our choice, made a flag, and listed in README.md.
+
+Our default score estimator differs from the form a third party reports (unit-normalised MC score times a constant
+w). That form, flag `--score-estimator idem --score-norm`, trains an actor that is only good through best-of-N: its
+one-step samples stay at random level, because near t = 1 the unit-normalised score is a random unit vector
+multiplied by beta(1) = 20, which the one-step map integrates into a large random kick (README, "Why the default
+is the posterior-mean score"). The default here is the posterior-mean (Tweedie) form of the same Monte-Carlo
+estimate: proposals a_0 ~ N(a_t / mu, sigma^2 / mu^2) truncated to the action box, self-normalised weights
+softmax(Q / alpha) (exact importance weights for a Boltzmann target supported on the box), and
+score = (mu E_w[a_0] - a_t) / sigma^2, which tends to -a_t at t = 1 so the velocity vanishes there as the true
+PF-ODE's does. It needs only critic forward passes (no input gradients).
+
+Run:   python som.py --env-id Hopper-v4
+Help:  python som.py --help
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import common
+
+ALGORITHM = "som"
+
+
+@dataclass
+class Args:
+    exp_name: str = "som"
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, torch, envs)"""
+    torch_deterministic: bool = True
+    """set `torch.backends.cudnn.deterministic`"""
+    cuda: bool = False
+    """run on CUDA; without a CUDA device this falls back to the CPU with a warning"""
+    track: bool = False
+    """mirror the TensorBoard logs to Weights and Biases"""
+    wandb_project_name: str = "som"
+    """the wandb project name"""
+    wandb_entity: Optional[str] = None
+    """the wandb entity (team)"""
+    capture_video: bool = False
+    """record videos of the first training env to runs/{run_name}/videos"""
+    save_model: bool = False
+    """save the networks to runs/{run_name}/{exp_name}.pt at the end"""
+    run_dir: str = "runs"
+    """parent folder of the run directories"""
+
+    env_id: str = "Hopper-v4"
+    """the gymnasium id of a continuous-action environment"""
+    total_timesteps: int = 5_000_000
+    """environment transitions in total, summed over the parallel envs"""
+    num_envs: int = 5
+    """parallel environments; one critic and one actor update per vector step"""
+    learning_starts: int = 30_000
+    """uniform random transitions collected before learning starts"""
+    buffer_size: int = 1_000_000
+    """replay buffer capacity (transitions)"""
+    batch_size: int = 256
+    """replay batch size"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """Polyak rate of the target critics"""
+    reward_scale: float = 0.2
+    """rewards are multiplied by this inside the TD target only (logged returns are raw)"""
+    actor_lr: float = 1e-4
+    """Adam learning rate of the MeanFlow actor"""
+    critic_lr: float = 1e-4
+    """Adam learning rate of the critics"""
+    hidden_dim: int = 256
+    """width of the hidden layers of actor and critics"""
+    num_hidden: int = 3
+    """number of hidden layers of actor and critics"""
+    activation: Literal["mish", "relu", "silu"] = "mish"
+    """hidden activation (the lab's framework uses Mish)"""
+    eval_frequency: int = 125_000
+    """evaluate every this many environment transitions"""
+    eval_episodes: int = 20
+    """episodes per evaluation (stepped as one batch)"""
+    log_frequency: int = 5_000
+    """log losses and diagnostics every this many environment transitions"""
+
+    # --- SOM ---
+    num_mc_samples: int = 100
+    """K: Monte-Carlo proposals per noised action in the score estimate"""
+    beta_min: float = 0.1
+    """VP schedule: beta(0)"""
+    beta_max: float = 20.0
+    """VP schedule: beta(1)"""
+    alpha: float = 0.1
+    """Boltzmann temperature on the normalised Q values (see --q-norm) [decided by our sweep]"""
+    score_estimator: Literal["tweedie", "idem"] = "tweedie"
+    """[decided] tweedie: posterior-mean score (mu E_w[a0] - a_t) / sigma^2 with box-truncated proposals; idem:
+    gradient of logsumexp_k Q(a0_k) / alpha through untruncated proposals (the form reported by a third party)"""
+    q_norm: Literal["state", "batch", "none"] = "state"
+    """[decided] standardise Q before the softmax over the K proposals of each noised action (state), over the
+    whole K x B matrix (batch, the spec's first guess) or not at all (none: raw Q / alpha)"""
+    score_norm: bool = False
+    """[decided] unit-normalise the score and multiply by w in the target velocity (the third-party form)"""
+    w: float = 1.0
+    """greediness: the target velocity is -0.5 beta(t) (a_t + w * score); 1 is the exact PF-ODE"""
+    clip_proposals: bool = False
+    """idem only: clip the proposals to the box (Q and its gradient taken at the clipped point)"""
+    num_candidates: int = 32
+    """N: one-step candidates per decision, the best by min(Q1, Q2) is taken; 1 = the pure one-step policy"""
+    num_target_candidates: Optional[int] = None
+    """N for the next action a' of the TD target (default: --num-candidates)"""
+    flow_matching_fraction: float = 0.25
+    """[decided] fraction of the actor batch with r = t (plain flow matching)"""
+    time_sampler: Literal["uniform", "logit_normal"] = "uniform"
+    """[decided] uniform: t ~ U[t_min, 1 - t_min], r ~ U[0, t]; logit_normal: MeanFlow's (-0.4, 1.0), sorted"""
+    t_min: float = 1e-3
+    """smallest flow time used in training (the VP score is singular at t = 0)"""
+    exploration_noise: float = 0.0
+    """std of Gaussian noise added to the chosen action while collecting data (evaluation never adds it)"""
+
+
+# ====================================================================================================================
+# VP schedule:  beta(t) = beta_min + t (beta_max - beta_min),  a_t = mu(t) a_0 + sigma(t) eps
+# ====================================================================================================================
+
+
+def vp_beta(t: torch.Tensor, beta_min: float, beta_max: float) -> torch.Tensor:
+    return beta_min + t * (beta_max - beta_min)
+
+
+def vp_mu_sigma(t: torch.Tensor, beta_min: float, beta_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signal and noise scales: mu = exp(-0.5 int_0^t beta), sigma = sqrt(1 - mu^2). Same shape as t."""
+    log_mu = -0.5 * (beta_min * t + 0.5 * (beta_max - beta_min) * t**2)
+    mu = torch.exp(log_mu)
+    sigma = torch.sqrt(-torch.expm1(2.0 * log_mu))  # 1 - mu^2 without cancellation at small t
+    return mu, sigma
+
+
+# ====================================================================================================================
+# Networks
+# ====================================================================================================================
+
+ACTIVATIONS = {"mish": nn.Mish, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+def time_embedding(t: torch.Tensor, dim: int = 16, max_freq: float = 20.0) -> torch.Tensor:
+    """Low-frequency sinusoidal features of t in [0, 1]: (..., 1) -> (..., dim), frequencies 1 .. max_freq rad.
+
+    Low frequencies keep du/dt (the JVP in the MeanFlow target) small; t * 1000 would make it explode.
+    """
+    freqs = torch.exp(torch.linspace(0.0, math.log(max_freq), dim // 2, device=t.device, dtype=t.dtype))
+    angles = t * freqs
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class MeanFlowActor(nn.Module):
+    """u(s, a, r, t): the average velocity of the flow over [r, t]. Inputs broadcast: s (B, S), a (N, B, A), r/t
+    (..., 1). Output has a's shape. Conditioned on embeddings of t and of t - r."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_hidden: int, activation: type[nn.Module]):
+        super().__init__()
+        self.act_dim = act_dim
+        self.net = common.EnsembleMLP(1, [obs_dim, act_dim, 16, 16], hidden_dim, num_hidden, act_dim, activation)
+
+    def forward(self, obs, action, r, t):
+        return self.net(obs, action, time_embedding(t), time_embedding(t - r))[0]
+
+
+class TwinCritic(nn.Module):
+    """Q1 and Q2 in one batched call: (s (..., S), a (..., A)) -> (2, ...)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_hidden: int, activation: type[nn.Module]):
+        super().__init__()
+        self.net = common.EnsembleMLP(2, [obs_dim, act_dim], hidden_dim, num_hidden, 1, activation)
+
+    def forward(self, obs, action):
+        return self.net(obs, action).squeeze(-1)
+
+
+# ====================================================================================================================
+# Replay buffer (tensors on the training device; sampling is one gather)
+# ====================================================================================================================
+
+
+class ReplayBuffer:
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity, self.device, self.size, self.pos = capacity, device, 0, 0
+        self.obs = torch.zeros(capacity, obs_dim, device=device)
+        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.actions = torch.zeros(capacity, act_dim, device=device)
+        self.rewards = torch.zeros(capacity, device=device)
+        self.terminated = torch.zeros(capacity, device=device)
+
+    def add(self, obs, next_obs, actions, rewards, terminated) -> None:
+        """Add one vector step (arrays with a leading num_envs dim)."""
+        n = len(obs)
+        idx = (self.pos + torch.arange(n)) % self.capacity
+        for buf, x in ((self.obs, obs), (self.next_obs, next_obs), (self.actions, actions),
+                       (self.rewards, rewards), (self.terminated, terminated)):  # fmt: skip
+            buf[idx] = torch.as_tensor(np.asarray(x), dtype=torch.float32).to(self.device)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int):
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx]
+
+    def state_dict(self) -> dict:
+        n = self.size
+        return dict(obs=self.obs[:n].cpu(), next_obs=self.next_obs[:n].cpu(), actions=self.actions[:n].cpu(),
+                    rewards=self.rewards[:n].cpu(), terminated=self.terminated[:n].cpu(), pos=self.pos)  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        n = len(state["obs"])
+        for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
+            getattr(self, name)[:n] = state[name].to(self.device)
+        self.size, self.pos = n, state["pos"]
+
+
+# ====================================================================================================================
+# 1. Score of the noised Boltzmann policy, estimated from the critic with K Monte-Carlo proposals
+# ====================================================================================================================
+
+
+def truncated_normal_in_box(mean: torch.Tensor, std: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """K draws of N(mean, std^2) truncated to [-1, 1] per dimension, by inverse-CDF sampling.
+
+    mean, std: (B, A) (std may broadcast). Returns (K, B, A) in mean's dtype. Computed in float64 and mirrored so
+    the box always lies at or below the mean (the lower tail, where the normal CDF keeps its relative precision).
+    Near t = 1 the proposal std reaches ~150 (almost uniform on the box); near t = 0 it is tiny. Where the box is
+    so far in the tail that the CDF underflows, the draw is the box face nearest the mean (its limit).
+    """
+    flip = mean < 0
+    m = mean.double().abs()
+    s = std.double().expand_as(m)
+    cdf_lo = torch.special.ndtr((-1.0 - m) / s)
+    cdf_hi = torch.special.ndtr((1.0 - m) / s)
+    u = torch.rand((num_samples, *m.shape), dtype=torch.float64, device=m.device)
+    p = cdf_lo + u * (cdf_hi - cdf_lo)
+    x = m + s * torch.special.ndtri(p)
+    x = torch.where((cdf_hi > cdf_lo) & (p > 0), x, m.clamp(max=1.0)).clamp(-1.0, 1.0)
+    return torch.where(flip, -x, x).to(mean.dtype)
+
+
+def normalise_q(q: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardise Q values of shape (K, B) for the softmax over K. Returns (normalised Q, scale) with the scale
+    (std, treated as a constant) broadcastable to (K, B, 1) so that gradients can be divided by it too."""
+    if mode == "none":
+        return q, torch.ones_like(q[:1]).unsqueeze(-1)
+    dims = (0,) if mode == "state" else (0, 1)
+    mean = q.mean(dim=dims, keepdim=True)
+    std = q.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    return (q - mean) / std, std.unsqueeze(-1)
+
+
+def score_estimate(
+    q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    obs: torch.Tensor,
+    noised_action: torch.Tensor,
+    t: torch.Tensor,
+    num_samples: int,
+    alpha: float,
+    beta_min: float,
+    beta_max: float,
+    estimator: str = "tweedie",
+    q_norm: str = "state",
+    clip_proposals: bool = False,
+) -> tuple[torch.Tensor, dict]:
+    """Monte-Carlo estimate of grad_a log p_t(a_t | s), p_t the VP-noised Boltzmann policy exp(Q / alpha).
+
+    q_fn(obs (B, S), actions (K, B, A)) -> Q (K, B), differentiable in the actions for 'idem'.
+    obs (B, S), noised_action a_t (B, A), t (B, 1). Returns the score (B, A) (no gradient) and diagnostics,
+    among them the softmax's effective sample size 1 / sum_k w_k^2 averaged over the batch (K = uniform weights).
+
+    tweedie: a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box, w = softmax_k(Qn(a0_k) / alpha),
+             score = (mu sum_k w_k a0_k - a_t) / sigma^2             (Tweedie: E[a0 | a_t] from the posterior)
+    idem:    a0_k = a_t / mu + (sigma / mu) eps_k,
+             score = grad_{a_t} logsumexp_k Qn(a0_k) / alpha = (1 / mu) sum_k w_k grad_a Qn(a0_k) / alpha
+    """
+    mu, sigma = vp_mu_sigma(t, beta_min, beta_max)
+    if estimator == "tweedie":
+        with torch.no_grad():
+            proposals = truncated_normal_in_box(noised_action / mu, sigma / mu, num_samples)  # (K, B, A)
+            q_normed, _ = normalise_q(q_fn(obs, proposals), q_norm)
+            weights = torch.softmax(q_normed / alpha, dim=0)  # (K, B)
+            posterior_mean = (weights.unsqueeze(-1) * proposals).sum(0)
+            score = (mu * posterior_mean - noised_action) / sigma**2
+    elif estimator == "idem":
+        eps = torch.randn((num_samples, *noised_action.shape), device=obs.device)
+        proposals = (noised_action / mu + (sigma / mu) * eps).detach()
+        with torch.enable_grad():
+            query = proposals.clamp(-1.0, 1.0) if clip_proposals else proposals
+            query = query.detach().requires_grad_(True)  # clamp must not zero the gradient: take it at the clip
+            q = q_fn(obs, query)
+            (grad_q,) = torch.autograd.grad(q.sum(), query)
+        q_normed, scale = normalise_q(q.detach(), q_norm)
+        weights = torch.softmax(q_normed / alpha, dim=0)
+        score = (weights.unsqueeze(-1) * grad_q / scale).sum(0) / (alpha * mu)
+    else:
+        raise ValueError(f"unknown score estimator {estimator!r}")
+    ess = (1.0 / weights.pow(2).sum(0)).mean()
+    return score.detach(), {"score_norm": score.norm(dim=-1).mean(), "softmax_ess": ess}
+
+
+# ====================================================================================================================
+# 2. Target velocity: the probability-flow ODE of the VP diffusion
+# ====================================================================================================================
+
+
+def target_velocity(
+    noised_action: torch.Tensor,
+    score: torch.Tensor,
+    t: torch.Tensor,
+    w: float,
+    beta_min: float,
+    beta_max: float,
+    unit_normalise: bool = False,
+) -> torch.Tensor:
+    """v(a_t, t) = -0.5 beta(t) (a_t + w * s), s = score or score / (||score|| + 1e-6). Shapes (B, A), t (B, 1).
+
+    With w = 1 and the exact score this is the PF-ODE velocity da/dt (time running from action t=0 to noise t=1).
+    """
+    if unit_normalise:
+        score = score / (score.norm(dim=-1, keepdim=True) + 1e-6)
+    return -0.5 * vp_beta(t, beta_min, beta_max) * (noised_action + w * score)
+
+
+# ====================================================================================================================
+# 3. MeanFlow: time pairs, the JVP target and the adaptive loss
+# ====================================================================================================================
+
+
+def sample_time_pair(batch_size: int, t_min: float, flow_matching_fraction: float, sampler: str, device):
+    """(r, t), each (B, 1), with 0 <= r <= t <= 1 - t_min and r = t on a `flow_matching_fraction` of rows."""
+    if sampler == "uniform":
+        t = t_min + (1.0 - 2.0 * t_min) * torch.rand(batch_size, 1, device=device)
+        r = t * torch.rand(batch_size, 1, device=device)
+    else:  # MeanFlow's logit-normal(-0.4, 1.0) pair, sorted so that r <= t
+        pair = torch.sigmoid(torch.randn(batch_size, 2, device=device) - 0.4).clamp(t_min, 1.0 - t_min)
+        r, t = pair.min(dim=1, keepdim=True).values, pair.max(dim=1, keepdim=True).values
+    same = torch.rand(batch_size, 1, device=device) < flow_matching_fraction
+    return torch.where(same, t, r), t
+
+
+def meanflow_loss(
+    actor: MeanFlowActor,
+    obs: torch.Tensor,
+    noised_action: torch.Tensor,
+    r: torch.Tensor,
+    t: torch.Tensor,
+    velocity: torch.Tensor,
+    adaptive_eps: float = 1e-3,
+) -> tuple[torch.Tensor, dict]:
+    """MeanFlow loss with the adaptive weight (p = 1).
+
+    du/dt = d/dt u(s, a_t, r, t) along the flow = JVP of u at (a_t, r, t) with tangent (v, 0, 1)   [torch.func.jvp]
+    u_tgt = stopgrad(v - (t - r) du/dt)                                                             MeanFlow identity
+    loss  = mean_b  d_b / stopgrad(d_b + eps),   d_b = mean_dims (u - u_tgt)^2
+    """
+    u = actor(obs, noised_action, r, t)
+    with torch.no_grad():
+        _, du_dt = torch.func.jvp(
+            lambda a_, r_, t_: actor(obs, a_, r_, t_),
+            (noised_action, r, t),
+            (velocity, torch.zeros_like(r), torch.ones_like(t)),
+        )
+        u_target = velocity - (t - r) * du_dt
+    sq_err = (u - u_target).pow(2).mean(-1)
+    loss = (sq_err / (sq_err.detach() + adaptive_eps)).mean()
+    return loss, {"du_dt_norm": du_dt.norm(dim=-1).mean(), "target_norm": u_target.norm(dim=-1).mean(),
+                  "meanflow_mse": sq_err.mean()}  # fmt: skip
+
+
+# ====================================================================================================================
+# 4. Acting: one network evaluation per candidate, best of N by the critics
+# ====================================================================================================================
+
+
+def one_step_sample(actor: MeanFlowActor, obs: torch.Tensor, num_candidates: int) -> torch.Tensor:
+    """N one-step samples per state: a = clip(eps - u(s, eps, r=0, t=1), -1, 1). obs (B, S) -> (N, B, A)."""
+    noise = torch.randn(num_candidates, obs.shape[0], actor.act_dim, device=obs.device)
+    ones = torch.ones(1, 1, device=obs.device)
+    return (noise - actor(obs, noise, 0.0 * ones, ones)).clamp(-1.0, 1.0)
+
+
+def sample_actions(actor: MeanFlowActor, critic: TwinCritic, obs: torch.Tensor, num_candidates: int) -> torch.Tensor:
+    """The action of the candidate with the highest min(Q1, Q2): obs (B, S) -> (B, A). N = 1 skips the critic."""
+    candidates = one_step_sample(actor, obs, num_candidates)
+    if num_candidates == 1:
+        return candidates[0]
+    best = critic(obs, candidates).min(dim=0).values.argmax(dim=0)  # (B,)
+    return candidates[best, torch.arange(obs.shape[0], device=obs.device)]
+
+
+# ====================================================================================================================
+# 5. Critic: TD target without an entropy term
+# ====================================================================================================================
+
+
+def td_target(
+    critic_target: TwinCritic,
+    next_obs: torch.Tensor,
+    next_action: torch.Tensor,
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    gamma: float,
+    reward_scale: float,
+) -> torch.Tensor:
+    """y = reward_scale r + gamma (1 - terminated) min_j Qtarget_j(s', a'). Truncation is not termination."""
+    next_q = critic_target(next_obs, next_action).min(dim=0).values
+    return reward_scale * reward + gamma * (1.0 - terminated) * next_q
+
+
+# ====================================================================================================================
+# Updates (one critic step, one actor step)
+# ====================================================================================================================
+
+
+def critic_update(args: Args, batch, actor, critic, critic_target, critic_optimizer) -> dict:
+    obs, actions, rewards, next_obs, terminated = batch
+    with torch.no_grad():
+        next_actions = sample_actions(actor, critic, next_obs, args.num_target_candidates)
+        y = td_target(critic_target, next_obs, next_actions, rewards, terminated, args.gamma, args.reward_scale)
+    q = critic(obs, actions)  # (2, B)
+    loss = (q - y).pow(2).mean(dim=1).sum()
+    critic_optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    critic_optimizer.step()
+    return {"losses/critic_loss": loss.detach(), "losses/q_values": q.detach().mean()}
+
+
+def actor_update(args: Args, batch, actor, critic, actor_optimizer) -> dict:
+    obs, actions = batch[0], batch[1]
+    r, t = sample_time_pair(len(obs), args.t_min, args.flow_matching_fraction, args.time_sampler, obs.device)
+    mu, sigma = vp_mu_sigma(t, args.beta_min, args.beta_max)
+    noised = mu * actions + sigma * torch.randn_like(actions)  # the replay action, noised to time t
+
+    def mean_q(o, a):  # mean of the two online critics
+        return critic(o, a).mean(dim=0)
+
+    with common.frozen(critic):
+        score, score_info = score_estimate(mean_q, obs, noised, t, args.num_mc_samples, args.alpha, args.beta_min,
+                                           args.beta_max, args.score_estimator, args.q_norm, args.clip_proposals)  # fmt: skip
+    velocity = target_velocity(noised, score, t, args.w, args.beta_min, args.beta_max, args.score_norm)
+    loss, flow_info = meanflow_loss(actor, obs, noised, r, t, velocity)
+    actor_optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    actor_optimizer.step()
+    info = {"losses/actor_loss": loss.detach()}
+    info.update({f"losses/{k}": v for k, v in {**score_info, **flow_info}.items()})
+    return info
+
+
+# ====================================================================================================================
+# Saved models
+# ====================================================================================================================
+
+
+def build_networks(args: Args, obs_dim: int, act_dim: int, device):
+    activation = ACTIVATIONS[args.activation]
+    actor = MeanFlowActor(obs_dim, act_dim, args.hidden_dim, args.num_hidden, activation).to(device)
+    critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.num_hidden, activation).to(device)
+    return actor, critic
+
+
+def load_policy(path: str, num_candidates: Optional[int] = None, device: str = "cpu"):
+    """Load a model saved with --save-model and return (policy, args): policy(obs (B, S) tensor) -> actions in
+    [-1, 1], best of `num_candidates` (default: the training run's N; 1 = the pure one-step policy)."""
+    payload = common.load_checked(path, ALGORITHM)
+    args = Args(**payload["args"])
+    actor, critic = build_networks(args, payload["obs_dim"], payload["act_dim"], device)
+    actor.load_state_dict(payload["actor"])
+    critic.load_state_dict(payload["critic"])
+    n = num_candidates or args.num_candidates
+
+    @torch.no_grad()
+    def policy(obs: torch.Tensor) -> torch.Tensor:
+        return sample_actions(actor, critic, obs.to(device), n)
+
+    return policy, args
+
+
+def validate(args: Args) -> None:
+    common.check_positive(args, ["total_timesteps", "num_envs", "learning_starts", "buffer_size", "batch_size",
+                                 "num_mc_samples", "num_candidates", "eval_frequency", "eval_episodes",
+                                 "log_frequency", "alpha"])  # fmt: skip
+    common.require(args.num_target_candidates is None or args.num_target_candidates > 0,
+                   f"--num-target-candidates must be positive, got {args.num_target_candidates}.")  # fmt: skip
+    common.require(args.batch_size <= args.learning_starts,
+                   f"--batch-size ({args.batch_size}) must not exceed --learning-starts ({args.learning_starts}).")
+    common.require(0.0 < args.t_min < 0.5, f"--t-min must be in (0, 0.5), got {args.t_min}.")
+    common.require(0.0 <= args.flow_matching_fraction <= 1.0, "--flow-matching-fraction must be in [0, 1].")
+    common.validate_env_id(args.env_id)
+
+
+# ====================================================================================================================
+# Training
+# ====================================================================================================================
+
+if __name__ == "__main__":
+    import tyro
+
+    args = tyro.cli(Args)
+    validate(args)
+    if args.num_target_candidates is None:
+        args.num_target_candidates = args.num_candidates
+    run_name = common.run_name_for(args.env_id, args.exp_name, args.seed)
+    run_dir = os.path.join(args.run_dir, run_name)
+    logger = common.Logger(run_dir, args, args.track, args.wandb_project_name, args.wandb_entity)
+    print(f"run directory: {run_dir}", flush=True)
+
+    common.seed_everything(args.seed, args.torch_deterministic)
+    device = common.pick_device(args.cuda)
+    envs = common.make_vector_env(args.env_id, args.num_envs, args.seed,
+                                  os.path.join(run_dir, "videos") if args.capture_video else None)  # fmt: skip
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    act_dim = int(np.prod(envs.single_action_space.shape))
+
+    actor, critic = build_networks(args, obs_dim, act_dim, device)
+    critic_target = build_networks(args, obs_dim, act_dim, device)[1]
+    critic_target.load_state_dict(critic.state_dict())
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+    rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
+
+    def policy_for(n: int):
+        @torch.no_grad()
+        def policy(o):
+            return sample_actions(actor, critic, o, n)
+
+        return policy
+
+    obs, _ = envs.reset(seed=args.seed)
+    progress = common.Progress(args.total_timesteps)
+    start_time, last_return, update_info, updates = time.time(), None, {}, 0
+    bound_hits = torch.zeros((), device=device)
+    next_log, next_eval = args.log_frequency, args.eval_frequency
+    global_step = 0
+    while global_step < args.total_timesteps:
+        # ---- act ----
+        if global_step < args.learning_starts:
+            actions = envs.action_space.sample()
+        else:
+            with torch.no_grad():
+                action_t = sample_actions(actor, critic, torch.as_tensor(obs, dtype=torch.float32, device=device),
+                                          args.num_candidates)  # fmt: skip
+                bound_hits += (action_t.abs() > 0.999).float().mean()
+                if args.exploration_noise > 0:
+                    action_t = (action_t + args.exploration_noise * torch.randn_like(action_t)).clamp(-1.0, 1.0)
+            actions = action_t.cpu().numpy()
+        next_obs, rewards, terminated, truncated, infos = envs.step(actions)
+        global_step += args.num_envs
+        for episode_return, episode_length in common.finished_episodes(infos):
+            last_return = episode_return
+            logger.scalars({"charts/episodic_return": episode_return, "charts/episodic_length": episode_length},
+                           global_step)  # fmt: skip
+        rb.add(obs, common.real_next_obs(next_obs, infos), actions, rewards, terminated)
+        obs = next_obs
+
+        # ---- learn: one critic and one actor update per vector step ----
+        if global_step >= args.learning_starts:
+            batch = rb.sample(args.batch_size)
+            update_info = critic_update(args, batch, actor, critic, critic_target, critic_optimizer)
+            update_info.update(actor_update(args, batch, actor, critic, actor_optimizer))
+            common.polyak_update(critic_target, critic, args.tau)
+            updates += 1
+
+        # ---- log ----
+        if global_step >= next_log:
+            next_log += args.log_frequency
+            sps = int(global_step / (time.time() - start_time))
+            extra = {}
+            if updates > 0:
+                acting_steps = max((global_step - args.learning_starts) // args.num_envs, 1)
+                extra["charts/action_bound_fraction"] = bound_hits / acting_steps
+            logger.scalars({**update_info, **extra, "charts/SPS": sps, "charts/updates": updates}, global_step)
+        progress.update(global_step, last_return)
+
+        # ---- evaluate: best-of-N (the protocol) and N = 1 (the one-step actor on its own) ----
+        if global_step >= next_eval or global_step >= args.total_timesteps:
+            next_eval += args.eval_frequency
+            eval_seed = args.seed + 1_000_000 + global_step
+            returns_n, _ = common.evaluate(policy_for(args.num_candidates), args.env_id, args.eval_episodes,
+                                           eval_seed, device)  # fmt: skip
+            returns_1, _ = common.evaluate(policy_for(1), args.env_id, args.eval_episodes, eval_seed, device)
+            logger.scalars({"eval/episodic_return": returns_n.mean(), "eval/episodic_return_std": returns_n.std(),
+                            "eval/episodic_return_n1": returns_1.mean()}, global_step)  # fmt: skip
+            print(f"eval at {global_step}: best-of-{args.num_candidates} {returns_n.mean():.1f} +- "
+                  f"{returns_n.std():.1f}, N=1 {returns_1.mean():.1f}", flush=True)  # fmt: skip
+
+    if args.save_model:
+        path = os.path.join(run_dir, f"{args.exp_name}.pt")
+        common.save_atomic({"algorithm": ALGORITHM, "args": asdict(args), "obs_dim": obs_dim, "act_dim": act_dim,
+                            "actor": actor.state_dict(), "critic": critic.state_dict()}, path)  # fmt: skip
+        print(f"model saved to {path}", flush=True)
+    envs.close()
+    logger.close()
