@@ -130,8 +130,9 @@ class Args:
     """N for the next action a' of the TD target (default: --num-candidates)"""
     flow_matching_fraction: float = 0.25
     """[decided] fraction of the actor batch with r = t (plain flow matching)"""
-    time_sampler: Literal["uniform", "logit_normal"] = "uniform"
-    """[decided] uniform: t ~ U[t_min, 1 - t_min], r ~ U[0, t]; logit_normal: MeanFlow's (-0.4, 1.0), sorted"""
+    time_sampler: Literal["uniform", "logit_normal", "r_zero"] = "uniform"
+    """[decided] uniform: t ~ U[t_min, 1 - t_min], r ~ U[0, t]; logit_normal: MeanFlow's (-0.4, 1.0), sorted;
+    r_zero: t uniform, r = 0 (only the averages that one-step sampling uses, u(s, a, 0, t))"""
     t_min: float = 1e-3
     """smallest flow time used in training (the VP score is singular at t = 0)"""
     exploration_noise: float = 0.0
@@ -351,9 +352,9 @@ def target_velocity(
 
 def sample_time_pair(batch_size: int, t_min: float, flow_matching_fraction: float, sampler: str, device):
     """(r, t), each (B, 1), with 0 <= r <= t <= 1 - t_min and r = t on a `flow_matching_fraction` of rows."""
-    if sampler == "uniform":
+    if sampler in ("uniform", "r_zero"):
         t = t_min + (1.0 - 2.0 * t_min) * torch.rand(batch_size, 1, device=device)
-        r = t * torch.rand(batch_size, 1, device=device)
+        r = t * torch.rand(batch_size, 1, device=device) if sampler == "uniform" else torch.zeros_like(t)
     else:  # MeanFlow's logit-normal(-0.4, 1.0) pair, sorted so that r <= t
         pair = torch.sigmoid(torch.randn(batch_size, 2, device=device) - 0.4).clamp(t_min, 1.0 - t_min)
         r, t = pair.min(dim=1, keepdim=True).values, pair.max(dim=1, keepdim=True).values
@@ -361,29 +362,26 @@ def sample_time_pair(batch_size: int, t_min: float, flow_matching_fraction: floa
     return torch.where(same, t, r), t
 
 
-def meanflow_loss(
-    actor: MeanFlowActor,
-    obs: torch.Tensor,
-    noised_action: torch.Tensor,
-    r: torch.Tensor,
-    t: torch.Tensor,
-    velocity: torch.Tensor,
-    adaptive_eps: float = 1e-3,
-) -> tuple[torch.Tensor, dict]:
-    """MeanFlow loss with the adaptive weight (p = 1).
-
-    du/dt = d/dt u(s, a_t, r, t) along the flow = JVP of u at (a_t, r, t) with tangent (v, 0, 1)   [torch.func.jvp]
-    u_tgt = stopgrad(v - (t - r) du/dt)                                                             MeanFlow identity
-    loss  = mean_b  d_b / stopgrad(d_b + eps),   d_b = mean_dims (u - u_tgt)^2
-    """
-    u = actor(obs, noised_action, r, t)
+def meanflow_target(actor, obs, noised_action, r, t, velocity) -> tuple[torch.Tensor, torch.Tensor]:
+    """u_tgt = v - (t - r) du/dt, with du/dt = d/dt u(s, a_t, r, t) along the flow: the JVP of u at (a_t, r, t)
+    with tangent (v, 0, 1) [torch.func.jvp]. No gradient. Returns (u_tgt, du/dt), each shaped like the action."""
     with torch.no_grad():
         _, du_dt = torch.func.jvp(
             lambda a_, r_, t_: actor(obs, a_, r_, t_),
             (noised_action, r, t),
             (velocity, torch.zeros_like(r), torch.ones_like(t)),
         )
-        u_target = velocity - (t - r) * du_dt
+    return velocity - (t - r) * du_dt, du_dt
+
+
+def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_eps: float = 1e-3) -> tuple[torch.Tensor, dict]:
+    """MeanFlow loss with the adaptive weight (p = 1): mean_b d_b / stopgrad(d_b + eps), d_b = mean_dims (u - u_tgt)^2.
+
+    u is computed with gradient; the target (and its JVP) without, which gives the same gradient as MeanFlow's
+    stop-gradient on the target. obs (B, S), noised_action / velocity (B, A), r / t (B, 1).
+    """
+    u = actor(obs, noised_action, r, t)
+    u_target, du_dt = meanflow_target(actor, obs, noised_action, r, t, velocity)
     sq_err = (u - u_target).pow(2).mean(-1)
     loss = (sq_err / (sq_err.detach() + adaptive_eps)).mean()
     return loss, {"du_dt_norm": du_dt.norm(dim=-1).mean(), "target_norm": u_target.norm(dim=-1).mean(),

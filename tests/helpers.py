@@ -1,0 +1,25 @@
+"""Helpers shared by the test files: run a script as a user would and read its TensorBoard scalars."""
+
+import glob
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(script: str, *cli: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python <script> <cli>` from the current directory; returns the finished process (text output)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *cli], capture_output=True, text=True,
+                          timeout=timeout, env=env)  # fmt: skip
+
+
+def read_scalars(run_parent: str) -> dict:
+    """{tag: [(step, value), ...]} from the single run directory under `run_parent`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run_dir,) = glob.glob(os.path.join(run_parent, "*"))
+    acc = EventAccumulator(run_dir)
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

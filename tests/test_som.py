@@ -1,0 +1,310 @@
+"""SOM: the math against analytic answers, the env loop, smoke runs, determinism, bad input, and learning."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from helpers import read_scalars, run_script
+
+import common
+import som
+
+BETA_MIN, BETA_MAX = 0.1, 20.0
+
+
+# -------------------------------------------------------------------------------------------------- VP schedule
+def test_vp_schedule_identities():
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    mu, sigma = som.vp_mu_sigma(t, BETA_MIN, BETA_MAX)
+    torch.testing.assert_close(mu**2 + sigma**2, torch.ones_like(t))
+    assert mu[0] == 1.0 and sigma[0] == 0.0
+    assert math.isclose(mu[-1].item(), math.exp(-0.5 * (BETA_MIN + 0.5 * (BETA_MAX - BETA_MIN))), rel_tol=1e-12)
+    beta = som.vp_beta(t, BETA_MIN, BETA_MAX)
+    assert beta[0] == BETA_MIN and beta[-1] == BETA_MAX
+    # d/dt log mu(t) = -beta(t) / 2, checked by central differences
+    h = 1e-6
+    t_mid = t[1:-1]
+    dlogmu = (torch.log(som.vp_mu_sigma(t_mid + h, BETA_MIN, BETA_MAX)[0])
+              - torch.log(som.vp_mu_sigma(t_mid - h, BETA_MIN, BETA_MAX)[0])) / (2 * h)  # fmt: skip
+    torch.testing.assert_close(dlogmu, -0.5 * som.vp_beta(t_mid, BETA_MIN, BETA_MAX), rtol=1e-6, atol=1e-6)
+
+
+# -------------------------------------------------------------------------------------------------- score estimate
+def _quadratic_q(center):
+    def q_fn(obs, actions):  # Q(s, a) = -|a - c|^2 / 2, so exp(Q / alpha) = N(c, alpha I)
+        return -0.5 * ((actions - center) ** 2).sum(-1)
+
+    return q_fn
+
+
+def _exact_gaussian_score(noised, t, center, alpha):
+    """Boltzmann N(c, alpha I) noised by the VP kernel is N(mu c, (mu^2 alpha + sigma^2) I)."""
+    mu, sigma = som.vp_mu_sigma(t, BETA_MIN, BETA_MAX)
+    return -(noised - mu * center) / (mu**2 * alpha + sigma**2)
+
+
+@pytest.mark.parametrize(
+    "estimator,alpha,t_value",
+    [("idem", 0.25, 0.05), ("idem", 0.25, 0.3)] + [("tweedie", 0.01, t) for t in (0.05, 0.3, 0.7, 1.0)],
+)
+def test_score_estimate_matches_exact_gaussian_score(estimator, alpha, t_value):
+    # For tweedie the Boltzmann density lives on the box: alpha = 0.01 (std 0.1) keeps it 7 std inside, so the
+    # untruncated Gaussian answer is exact to many digits. The idem form is only checked where it is usable: its
+    # error grows to 28% at t = 0.5 and 340% at t = 0.7 even with K = 20,000 (README), which is why it is not
+    # the default.
+    torch.manual_seed(0)
+    batch, dim = 64, 2
+    center = torch.tensor([0.2, -0.1])
+    t = torch.full((batch, 1), t_value)
+    mu, sigma = som.vp_mu_sigma(t, BETA_MIN, BETA_MAX)
+    noised = mu * (center + math.sqrt(alpha) * torch.randn(batch, dim)) + sigma * torch.randn(batch, dim)
+    score, info = som.score_estimate(_quadratic_q(center), torch.zeros(batch, 3), noised, t, 20_000, alpha,
+                                     BETA_MIN, BETA_MAX, estimator=estimator, q_norm="none")  # fmt: skip
+    exact = _exact_gaussian_score(noised, t, center, alpha)
+    rel_err = (score - exact).norm(dim=-1).mean() / exact.norm(dim=-1).mean()
+    assert rel_err < 0.08, f"relative error {rel_err:.3f}"
+    assert score.shape == noised.shape and score.dtype == noised.dtype and score.device == noised.device
+    assert not score.requires_grad and 1.0 <= info["softmax_ess"] <= 20_000
+
+
+def test_tweedie_score_tends_to_minus_a_at_t_one():
+    torch.manual_seed(0)
+    noised = torch.randn(32, 3)
+    t = torch.ones(32, 1)
+    score, _ = som.score_estimate(_quadratic_q(torch.zeros(3)), torch.zeros(32, 1), noised, t, 64, 0.1,
+                                  BETA_MIN, BETA_MAX)  # fmt: skip
+    torch.testing.assert_close(score, -noised, atol=0.02, rtol=0.02)
+    velocity = som.target_velocity(noised, score, t, 1.0, BETA_MIN, BETA_MAX)
+    assert velocity.abs().max() < 0.3  # the PF-ODE barely moves at the noise end
+
+
+def test_truncated_normal_matches_analytic_moments_and_stays_in_box():
+    torch.manual_seed(0)
+    mean, std = torch.tensor([[0.3, -0.8]]), torch.tensor([[0.5, 0.2]])
+    x = som.truncated_normal_in_box(mean, std, 200_000)
+    assert x.shape == (200_000, 1, 2) and x.abs().max() <= 1.0
+    m, s = mean.double(), std.double()
+    a, b = (-1 - m) / s, (1 - m) / s
+    pdf = lambda z: torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)  # noqa: E731
+    z = torch.special.ndtr(b) - torch.special.ndtr(a)
+    exact_mean = m + s * (pdf(a) - pdf(b)) / z
+    exact_var = s**2 * (1 + (a * pdf(a) - b * pdf(b)) / z - ((pdf(a) - pdf(b)) / z) ** 2)
+    torch.testing.assert_close(x.double().mean(0), exact_mean, atol=4e-3, rtol=0)
+    torch.testing.assert_close(x.double().var(0), exact_var, atol=4e-3, rtol=0)
+    # extreme proposals: std 150 (t = 1) is almost uniform; a mean far outside with a tiny std sits on the face
+    wide = som.truncated_normal_in_box(torch.tensor([[40.0]]), torch.tensor([[150.0]]), 50_000)
+    assert abs(wide.mean().item()) < 0.05 and abs(wide.var().item() - 1 / 3) < 0.02
+    far = som.truncated_normal_in_box(torch.tensor([[-5.0]]), torch.tensor([[1e-3]]), 100)
+    assert torch.isfinite(far).all() and torch.allclose(far, torch.tensor(-1.0))
+
+
+# -------------------------------------------------------------------------------------------------- MeanFlow
+def _actor(obs_dim=3, act_dim=2):
+    torch.manual_seed(0)
+    return som.MeanFlowActor(obs_dim, act_dim, 64, 2, nn.Mish).double()
+
+
+def test_jvp_du_dt_matches_central_finite_differences():
+    actor = _actor()
+    obs, a = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    t = torch.rand(8, 1, dtype=torch.float64) * 0.8 + 0.1
+    r = t * torch.rand(8, 1, dtype=torch.float64)
+    v = torch.randn(8, 2, dtype=torch.float64)
+    _, du_dt = som.meanflow_target(actor, obs, a, r, t, v)
+    h = 1e-5
+    with torch.no_grad():
+        fd = (actor(obs, a + h * v, r, t + h) - actor(obs, a - h * v, r, t - h)) / (2 * h)
+    torch.testing.assert_close(du_dt, fd, rtol=1e-6, atol=1e-8)
+
+
+class _ExactDecayMeanFlow(nn.Module):
+    """The exact average velocity of the flow dz/dt = -z (+ `error`): u(z_t, r, t) = -z_t (e^h - 1) / h, h = t - r."""
+
+    act_dim = 2
+
+    def __init__(self, error=0.0):
+        super().__init__()
+        self.error = error
+
+    def forward(self, obs, a, r, t):
+        h = t - r
+        factor = torch.where(h > 1e-4, torch.expm1(h) / h.clamp_min(1e-4), 1 + h / 2 + h**2 / 6)
+        return -a * factor + self.error
+
+
+def test_meanflow_loss_is_zero_for_the_exact_average_velocity():
+    torch.manual_seed(0)
+    a, obs = torch.randn(64, 2, dtype=torch.float64), torch.zeros(64, 1, dtype=torch.float64)
+    t = torch.rand(64, 1, dtype=torch.float64)
+    r = t * torch.rand(64, 1, dtype=torch.float64)
+    loss, _ = som.meanflow_loss(_ExactDecayMeanFlow(), obs, a, r, t, velocity=-a)
+    assert loss < 1e-6
+    loss_wrong, _ = som.meanflow_loss(_ExactDecayMeanFlow(error=0.1), obs, a, r, t, velocity=-a)
+    assert loss_wrong > 0.5
+
+
+def test_meanflow_loss_is_zero_for_a_constant_field_and_trains_toward_it():
+    actor = _actor()
+    c = torch.tensor([0.3, -0.7], dtype=torch.float64)
+    with torch.no_grad():  # make u(s, a, r, t) = c exactly: zero last layer, bias c
+        actor.net.weights[-1].zero_()
+        actor.net.biases[-1].copy_(c)
+    obs, a = torch.randn(32, 3, dtype=torch.float64), torch.randn(32, 2, dtype=torch.float64)
+    t = torch.rand(32, 1, dtype=torch.float64)
+    r = t * torch.rand(32, 1, dtype=torch.float64)
+    loss, _ = som.meanflow_loss(actor, obs, a, r, t, c.expand(32, 2))
+    assert loss.item() == 0.0
+    loss_other, _ = som.meanflow_loss(actor, obs, a, r, t, (c + 1).expand(32, 2))
+    assert loss_other > 0.9
+
+
+def test_time_pairs_are_ordered_and_in_range():
+    for sampler in ("uniform", "logit_normal", "r_zero"):
+        r, t = som.sample_time_pair(10_000, 1e-3, 0.25, sampler, "cpu")
+        assert r.shape == t.shape == (10_000, 1)
+        assert (r <= t).all() and (r >= 0).all() and (t <= 1 - 1e-3).all()
+        assert 0.2 < (r == t).float().mean() < 0.3
+
+
+# -------------------------------------------------------------------------------------------------- acting
+class _FixedCritic(nn.Module):
+    def forward(self, obs, actions):  # Q1 = -|a - 0.5|^2, Q2 = Q1 - 0.1 a_0
+        q1 = -((actions - 0.5) ** 2).sum(-1)
+        return torch.stack([q1, q1 - 0.1 * actions[..., 0]])
+
+
+def test_one_step_sampling_shapes_bounds_and_best_of_n():
+    actor = som.MeanFlowActor(3, 2, 32, 2, nn.Mish)
+    obs = torch.randn(5, 3)
+    with torch.no_grad():
+        cands = som.one_step_sample(actor, obs, 16)
+        assert cands.shape == (16, 5, 2) and cands.abs().max() <= 1.0
+        torch.manual_seed(1)
+        cands = som.one_step_sample(actor, obs, 16)
+        torch.manual_seed(1)
+        chosen = som.sample_actions(actor, _FixedCritic(), obs, 16)
+    q = _FixedCritic()(obs, cands).min(0).values  # (16, 5)
+    expected = cands[q.argmax(0), torch.arange(5)]
+    torch.testing.assert_close(chosen, expected)
+    assert chosen.shape == (5, 2)
+
+
+def test_td_target_bootstraps_on_truncation_not_termination():
+    critic = _FixedCritic()
+    next_obs, next_a = torch.zeros(2, 1), torch.zeros(2, 2)
+    y = som.td_target(critic, next_obs, next_a, torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), 0.9, 0.2)
+    min_q = critic(next_obs, next_a).min(0).values
+    torch.testing.assert_close(y, torch.tensor([0.2 + 0.9 * min_q[0].item(), 0.2]))
+
+
+# -------------------------------------------------------------------------------------------------- env loop
+class _ScriptedEnv(gym.Env):
+    """obs = [100 * episode + step]; even episodes terminate at step 3, odd ones run into the 4-step time limit."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        self.action_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+        self.episode = -1
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode += 1
+        self.t = 0
+        return np.array([100.0 * self.episode], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        terminated = self.episode % 2 == 0 and self.t == 3
+        return np.array([100.0 * self.episode + self.t], np.float32), 1.0, terminated, False, {}
+
+
+gym.register("ScriptedEnv-v0", entry_point=_ScriptedEnv, max_episode_steps=4)
+
+
+def test_env_loop_stores_only_real_transitions():
+    envs = common.make_vector_env("ScriptedEnv-v0", 2, seed=0)
+    rb = som.ReplayBuffer(100, 1, 1, torch.device("cpu"))
+    obs, _ = envs.reset(seed=0)
+    returns = []
+    for _ in range(20):
+        actions = envs.action_space.sample()
+        next_obs, rewards, terminated, truncated, infos = envs.step(actions)
+        returns += common.finished_episodes(infos)
+        rb.add(obs, common.real_next_obs(next_obs, infos), actions, rewards, terminated)
+        obs = next_obs
+    o, no, term = rb.obs[: rb.size, 0], rb.next_obs[: rb.size, 0], rb.terminated[: rb.size]
+    assert rb.size == 40
+    torch.testing.assert_close(no, o + 1)  # every stored step is real: no final -> reset pair
+    step_reached = no % 100
+    episode = torch.div(no, 100, rounding_mode="floor")
+    assert ((step_reached == 4) & (episode % 2 == 1)).any()  # truncated: true final obs stored
+    torch.testing.assert_close(term, ((step_reached == 3) & (episode % 2 == 0)).float())  # done = terminated only
+    assert (rb.actions.abs() <= 1).all()  # the algorithm acts in [-1, 1]; the wrapper rescales to [-2, 2]
+    assert sorted(set(returns)) == [(3.0, 3), (4.0, 4)]
+
+
+# -------------------------------------------------------------------------------------------------- whole runs
+TINY = ["--num-envs", "2", "--total-timesteps", "240", "--learning-starts", "120", "--batch-size", "32",
+        "--num-mc-samples", "8", "--num-candidates", "4", "--eval-frequency", "240", "--eval-episodes", "2",
+        "--log-frequency", "60", "--hidden-dim", "64"]  # fmt: skip
+
+
+@pytest.mark.parametrize("env_id", ["Hopper-v4", "Humanoid-v4"])
+def test_smoke_run_reaches_updates_logs_and_saves(env_id, tmp_path):
+    proc = run_script("som.py", "--env-id", env_id, *TINY, "--save-model", "--run-dir", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scalars = read_scalars(str(tmp_path / "runs"))
+    for tag in ("charts/episodic_return", "charts/SPS", "charts/action_bound_fraction", "eval/episodic_return",
+                "eval/episodic_return_n1", "losses/critic_loss", "losses/actor_loss", "losses/softmax_ess",
+                "losses/target_norm", "losses/score_norm", "losses/du_dt_norm", "losses/q_values"):  # fmt: skip
+        assert tag in scalars, tag
+    assert scalars["charts/updates"][-1][1] == (240 - 120) // 2 + 1  # an update on every vector step from 120 on
+    (model,) = list((tmp_path / "runs").glob("*/som.pt"))
+    policy, args = som.load_policy(str(model), num_candidates=1)
+    obs_dim = gym.make(env_id).observation_space.shape[0]
+    actions = policy(torch.randn(3, obs_dim))
+    assert actions.shape == (3, gym.make(env_id).action_space.shape[0]) and actions.abs().max() <= 1
+    assert args.env_id == env_id
+
+
+def _eval_and_losses(tmp_path, seed):
+    proc = run_script("som.py", "--env-id", "Pendulum-v1", *TINY, "--seed", str(seed), "--run-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = read_scalars(str(tmp_path))
+    return [v for _, v in s["eval/episodic_return"] + s["losses/critic_loss"] + s["losses/actor_loss"]]
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
+    first = _eval_and_losses(tmp_path / "a", 3)
+    assert first == _eval_and_losses(tmp_path / "b", 3)
+    assert first != _eval_and_losses(tmp_path / "c", 4)
+
+
+# -------------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "cli,message",
+    [
+        (["--env-id", "Hoper-v4"], "unknown environment id 'Hoper-v4'. Did you mean Hopper-v4"),
+        (["--env-id", "CartPole-v1"], "Discrete action space"),
+        (["--env-id", "Pendulum-v1", "--num-envs", "0"], "--num-envs must be positive"),
+        (["--env-id", "Pendulum-v1", "--batch-size", "512", "--learning-starts", "100"], "must not exceed"),
+        (["--env-id", "Pendulum-v1", "--eval-frequency", "0"], "--eval-frequency must be positive"),
+        (["--env-id", "Pendulum-v1", "--num-mc-samples", "-1"], "--num-mc-samples must be positive"),
+    ],
+)
+def test_bad_input_exits_with_one_sentence(cli, message):
+    proc = run_script("som.py", *cli)
+    assert proc.returncode != 0
+    err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1 and message in err_lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_loading_a_file_from_another_script_is_refused(tmp_path):
+    path = str(tmp_path / "other.pt")
+    common.save_atomic({"algorithm": "nc_lql", "args": {"env_id": "Hopper-v4"}}, path)
+    with pytest.raises(SystemExit):
+        som.load_policy(path)
