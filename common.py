@@ -206,17 +206,20 @@ def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, num_ep
 class EnsembleMLP(nn.Module):
     """`num_members` independent MLPs evaluated as one batched call (e.g. both critics at once).
 
-    forward(*inputs) takes tensors whose leading dims broadcast against each other, e.g. states (B, S) with
-    candidate actions (N, B, A): the first layer projects each input on its own slice of the weight and adds the
-    projections with broadcasting, so a state shared by N candidates is multiplied once, not N times.
-    Returns (num_members, *broadcast_leading_dims, out_dim). Initialised like torch.nn.Linear (uniform in
-    +-1/sqrt(fan_in), fan_in of the whole first layer); re-initialise `weights`/`biases` for another scheme.
+    forward(*inputs) takes one tensor per entry of `input_dims`. A shared input (..., D) goes to every member; an
+    input marked in `per_member` carries its own value per member, (num_members, ..., D). Leading dims broadcast
+    against each other, e.g. states (B, S) with candidate actions (N, B, A): the first layer projects each input
+    on its own slice of the weight and adds the projections with broadcasting, so a state shared by N candidates
+    is multiplied once, not N times. Returns (num_members, *broadcast_leading_dims, out_dim).
+    Initialised like torch.nn.Linear (uniform in +-1/sqrt(fan_in)); re-initialise `weights`/`biases` otherwise.
     """
 
     def __init__(self, num_members: int, input_dims: list[int], hidden_dim: int, num_hidden: int, out_dim: int,
-                 activation: type[nn.Module] = nn.Mish):
+                 activation: type[nn.Module] = nn.Mish, per_member: Optional[list[bool]] = None):  # fmt: skip
         super().__init__()
+        self.num_members = num_members
         self.input_dims = list(input_dims)
+        self.per_member = list(per_member) if per_member is not None else [False] * len(input_dims)
         sizes = [sum(input_dims)] + [hidden_dim] * num_hidden + [out_dim]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -227,17 +230,19 @@ class EnsembleMLP(nn.Module):
         self.activation = activation()
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        lead = torch.broadcast_shapes(*(x.shape[:-1] for x in inputs))
-        members, hidden = self.weights[0].shape[0], self.weights[0].shape[2]
-        h = self.biases[0].view(members, *([1] * len(lead)), hidden)
-        for x, w in zip(inputs, self.weights[0].split(self.input_dims, dim=1)):
-            proj = torch.matmul(x.reshape(1, -1, x.shape[-1]), w)  # (E, rows of x, H)
-            h = h + proj.view(members, *([1] * (len(lead) - x.dim() + 1)), *x.shape[:-1], hidden)
-        h = self.activation(h).reshape(members, -1, hidden)
+        E, H = self.num_members, self.weights[0].shape[2]
+        leads = [x.shape[1:-1] if own else x.shape[:-1] for x, own in zip(inputs, self.per_member)]
+        lead = torch.broadcast_shapes(*leads)
+        h = self.biases[0].view(E, *([1] * len(lead)), H)
+        for x, own, x_lead, w in zip(inputs, self.per_member, leads, self.weights[0].split(self.input_dims, dim=1)):
+            rows = x.reshape(E if own else 1, -1, x.shape[-1])
+            proj = torch.matmul(rows, w)  # (E, rows of x, H)
+            h = h + proj.view(E, *([1] * (len(lead) - len(x_lead))), *x_lead, H)
+        h = self.activation(h).reshape(E, -1, H)
         for w, b in zip(self.weights[1:-1], self.biases[1:-1]):
             h = self.activation(torch.baddbmm(b, h, w))
         out = torch.baddbmm(self.biases[-1], h, self.weights[-1])
-        return out.view(members, *lead, out.shape[-1])
+        return out.view(E, *lead, out.shape[-1])
 
 
 @contextlib.contextmanager

@@ -551,7 +551,7 @@ if __name__ == "__main__":
     progress = common.Progress(args.total_timesteps)
     start_time, last_return, update_info, updates = time.time(), None, {}, 0
     bound_hits = torch.zeros((), device=device)
-    next_log, next_eval = args.log_frequency, args.eval_frequency
+    next_log, next_eval, last_eval = args.log_frequency, args.eval_frequency, -1
     global_step = 0
     while global_step < args.total_timesteps:
         # ---- act ----
@@ -594,8 +594,8 @@ if __name__ == "__main__":
         progress.update(global_step, last_return)
 
         # ---- evaluate: best-of-N (the protocol) and N = 1 (the one-step actor on its own) ----
-        if global_step >= next_eval or global_step >= args.total_timesteps:
-            next_eval += args.eval_frequency
+        if global_step >= next_eval or (global_step >= args.total_timesteps and last_eval < global_step):
+            next_eval, last_eval = next_eval + args.eval_frequency, global_step
             eval_seed = args.seed + 1_000_000 + global_step
             returns_n, _ = common.evaluate(policy_for(args.num_candidates), args.env_id, args.eval_episodes,
                                            eval_seed, device)  # fmt: skip

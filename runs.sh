@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The papers' protocol: SOM on 5 MuJoCo -v4 tasks, NC-LQL on 6, 5 seeds each, the scripts' defaults.
+#
+#   ./runs.sh                     run every job locally, WORKERS at a time (default 1)
+#   WORKERS=4 ./runs.sh           four at a time
+#   ./runs.sh --dry-run           print the commands, run nothing
+#   ./runs.sh --slurm             write runs_slurm.sbatch (one array task per command) and print how to submit it
+#   ./runs.sh quick [--dry-run]   the CPU-sized set used for the README's figures (hours on a laptop, not days)
+#   ./runs.sh --only som          only one algorithm (som or nc_lql); combine with any of the above
+set -euo pipefail
+cd "$(dirname "$0")"
+
+SET=paper
+MODE=run
+ONLY=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    paper|quick) SET="$1" ;;
+    --dry-run) MODE=dry ;;
+    --slurm) MODE=slurm ;;
+    --only) ONLY="$2"; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "runs.sh: unknown argument '$1' (see ./runs.sh --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+PYTHON=${PYTHON:-python}
+SEEDS=${SEEDS:-"1 2 3 4 5"}
+
+commands() {
+  local som_envs="Hopper-v4 HalfCheetah-v4 Walker2d-v4 Ant-v4 Humanoid-v4"
+  local nc_envs="Hopper-v4 HalfCheetah-v4 Walker2d-v4 Ant-v4 Humanoid-v4 Swimmer-v4"
+  local som_extra="" nc_extra=""
+  if [ "$SET" = quick ]; then
+    # CPU-sized: one env, 5k warm-up, smaller K and N for SOM's targets; see README "Results".
+    som_envs="Pendulum-v1 Hopper-v4"
+    nc_envs="Pendulum-v1 Hopper-v4"
+    local cpu="--num-envs 1 --learning-starts 5000 --eval-frequency 5000 --eval-episodes 10 --log-frequency 1000"
+    som_extra="$cpu --num-mc-samples 32 --num-target-candidates 1 --total-timesteps 30000"
+    nc_extra="$cpu --total-timesteps 30000"
+  fi
+  for seed in $SEEDS; do
+    if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
+      for env in $som_envs; do echo "$PYTHON som.py --env-id $env --seed $seed $som_extra"; done
+    fi
+    if [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; then
+      for env in $nc_envs; do echo "$PYTHON nc_lql.py --env-id $env --seed $seed $nc_extra"; done
+    fi
+  done
+}
+
+mapfile -t JOBS < <(commands | sed 's/ *$//')
+
+case "$MODE" in
+  dry)
+    printf '%s\n' "${JOBS[@]}"
+    ;;
+  slurm)
+    script=runs_slurm.sbatch
+    {
+      echo "#!/usr/bin/env bash"
+      echo "#SBATCH --job-name=som-nclql"
+      echo "#SBATCH --array=0-$((${#JOBS[@]} - 1))"
+      echo "#SBATCH --cpus-per-task=4"
+      echo "#SBATCH --gres=gpu:1"
+      echo "#SBATCH --time=48:00:00"
+      echo "#SBATCH --output=slurm-%A_%a.out"
+      echo "#SBATCH --signal=TERM@120"
+      echo "cd $(pwd)"
+      echo "JOBS=("
+      for job in "${JOBS[@]}"; do printf "  %q\n" "$job --cuda"; done
+      echo ")"
+      echo 'eval "${JOBS[$SLURM_ARRAY_TASK_ID]}"'
+    } > "$script"
+    echo "wrote $script with ${#JOBS[@]} array tasks; submit it with: sbatch $script"
+    ;;
+  run)
+    WORKERS=${WORKERS:-1}
+    printf '%s\n' "${JOBS[@]}" | xargs -P "$WORKERS" -I{} sh -c '{}'
+    ;;
+esac
