@@ -14,6 +14,7 @@ import difflib
 import math
 import os
 import random
+import signal
 import sys
 import time
 import warnings
@@ -272,7 +273,9 @@ def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 class Logger:
     """TensorBoard events under runs/{run_name}/, plus wandb when `track` is set (it mirrors the TensorBoard file)."""
 
-    def __init__(self, run_dir: str, args, track: bool = False, project: str = "", entity: Optional[str] = None):
+    def __init__(self, run_dir: str, args, track: bool = False, project: str = "", entity: Optional[str] = None,
+                 resume_step: Optional[int] = None):  # fmt: skip
+        """`resume_step`: continue a run's event file, dropping anything logged after that step."""
         from torch.utils.tensorboard import SummaryWriter
 
         try:
@@ -292,9 +295,11 @@ class Logger:
                 config=vars(args),
                 name=os.path.basename(run_dir),
                 save_code=True,
+                resume="allow" if resume_step is not None else None,
             )
         self.run_dir = run_dir
-        self.writer = SummaryWriter(run_dir)
+        self.last_values: dict = {}  # the last value logged under each tag, for error messages
+        self.writer = SummaryWriter(run_dir, purge_step=resume_step)
         table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
@@ -307,6 +312,8 @@ class Logger:
             floats.update(zip(keys, host))
         for key, value in floats.items():
             self.writer.add_scalar(key, value, step)
+            if math.isfinite(value):
+                self.last_values[key] = (value, step)
         return floats
 
     def close(self) -> None:
@@ -353,11 +360,112 @@ def load_checked(path: str, algorithm: str, env_id: Optional[str] = None) -> dic
     """Load a file written by save_atomic and check it was made by `algorithm` (and for `env_id` when given)."""
     require(os.path.isfile(path), f"no such model file: {path!r}.")
     payload = torch.load(path, map_location="cpu", weights_only=False)
-    require(
-        isinstance(payload, dict) and payload.get("algorithm") == algorithm,
-        f"{path!r} was not written by {algorithm} (it says {payload.get('algorithm') if isinstance(payload, dict) else 'nothing'}).",
-    )
+    written_by = payload.get("algorithm") if isinstance(payload, dict) else None
+    require(written_by == algorithm, f"{path!r} was written by {written_by or 'something else'}, not by {algorithm}.")
     if env_id is not None:
         saved_env = payload["args"]["env_id"]
         require(saved_env == env_id, f"{path!r} was trained on {saved_env}, not {env_id}.")
     return payload
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Long runs: checkpoints, resume, signals, non-finite guard
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or an action became NaN or inf; `name` says which."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def check_finite(name: str, value) -> None:
+    """Raise NonFiniteError(name) if a tensor or array holds NaN/inf. Called on each loss BEFORE its optimiser step
+    (so the networks in memory are still the last good ones) and on each batch of actions. One host sync per
+    call; acting already syncs once per env step, so on a GPU this costs little."""
+    finite = bool(torch.isfinite(value).all()) if isinstance(value, torch.Tensor) else bool(np.isfinite(value).all())
+    if not finite:
+        raise NonFiniteError(name)
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) and SIGTERM (Slurm pre-emption, kill) only set `self.name`; the training loop finishes its
+    current step, writes a checkpoint, closes the loggers and exits 0."""
+
+    def __init__(self):
+        self.name: Optional[str] = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.name = signal.Signals(signum).name
+
+
+def _rng_state(envs) -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "action_space": envs.action_space.np_random.bit_generator.state,
+    }
+
+
+def _set_rng_state(state: dict, envs) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    envs.action_space.np_random.bit_generator.state = state["action_space"]
+
+
+BUFFER_FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
+
+
+def save_checkpoint(path: str, algorithm: str, args, modules: dict, optimizers: dict, counters: dict, envs,
+                    buffer=None) -> None:  # fmt: skip
+    """Everything needed to continue a run exactly: networks, optimisers, RNG streams (python, numpy, torch, the
+    vector env's action space), counters and, when `buffer` is given, the replay buffer's filled part."""
+    payload = {
+        "algorithm": algorithm,
+        "args": dict(vars(args)),
+        "modules": {name: m.state_dict() for name, m in modules.items()},
+        "optimizers": {name: o.state_dict() for name, o in optimizers.items()},
+        "counters": dict(counters),
+        "rng": _rng_state(envs),
+        "buffer": None,
+    }
+    if buffer is not None:
+        payload["buffer"] = {f: getattr(buffer, f)[: buffer.size].cpu() for f in BUFFER_FIELDS}
+        payload["buffer"]["pos"] = buffer.pos
+    save_atomic(payload, path)
+
+
+def load_checkpoint(path: str, algorithm: str, env_id: str, modules: dict, optimizers: dict, envs,
+                    buffer=None) -> dict:  # fmt: skip
+    """Restore what save_checkpoint wrote into the given objects and return the counters."""
+    payload = load_checked(path, algorithm, env_id)
+    require("counters" in payload, f"{path!r} is a saved model, not a checkpoint; pass runs/<run>/checkpoint.pt.")
+    for name, m in modules.items():
+        m.load_state_dict(payload["modules"][name])
+    for name, o in optimizers.items():
+        o.load_state_dict(payload["optimizers"][name])
+    _set_rng_state(payload["rng"], envs)
+    if buffer is not None and payload["buffer"] is not None:
+        n = len(payload["buffer"]["obs"])
+        for f in BUFFER_FIELDS:
+            getattr(buffer, f)[:n] = payload["buffer"][f].to(getattr(buffer, f).device)
+        buffer.size, buffer.pos = n, payload["buffer"]["pos"]
+    return payload["counters"]
+
+
+def resume_args(args, path: str, algorithm: str):
+    """The saved run's arguments, except `total_timesteps` (may be raised) and `resume`. The env id given on the
+    command line must be the checkpoint's."""
+    payload = load_checked(path, algorithm, args.env_id)
+    saved = dict(payload["args"])
+    saved.update(total_timesteps=args.total_timesteps, resume=args.resume)
+    return type(args)(**saved)

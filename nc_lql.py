@@ -55,6 +55,12 @@ class Args:
     """save the critics to runs/{run_name}/{exp_name}.pt at the end"""
     run_dir: str = "runs"
     """parent folder of the run directories"""
+    checkpoint_frequency: int = 250_000
+    """write runs/{run_name}/checkpoint.pt every this many environment transitions (and on SIGINT/SIGTERM)"""
+    checkpoint_buffer: bool = False
+    """include the replay buffer in checkpoints (up to GBs); without it a resumed run refills it from scratch"""
+    resume: Optional[str] = None
+    """continue the run saved in this checkpoint (its run directory, arguments, networks, optimisers, RNG)"""
 
     env_id: str = "Hopper-v4"
     """the gymnasium id of a continuous-action environment"""
@@ -283,6 +289,7 @@ def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: t
         noised = actions + sigmas[levels].unsqueeze(-1) * torch.randn_like(actions)  # not clipped
 
     loss_td = td_loss(critic, obs, actions, clean, y)
+    common.check_finite("losses/td_loss", loss_td)
     optimizer.zero_grad(set_to_none=True)
     loss_td.backward()
     optimizer.step()
@@ -290,6 +297,7 @@ def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: t
 
     if not args.lql:
         loss_dn = denoising_loss(critic, obs, noised, levels, q_bar)
+        common.check_finite("losses/denoising_loss", loss_dn)
         optimizer.zero_grad(set_to_none=True)
         loss_dn.backward()
         optimizer.step()
@@ -319,10 +327,12 @@ def load_policy(path: str, device: str = "cpu"):
 def validate(args: Args) -> None:
     common.check_positive(args, ["total_timesteps", "num_envs", "learning_starts", "buffer_size", "batch_size",
                                  "num_levels", "steps_per_level", "num_chains", "eval_frequency", "eval_episodes",
-                                 "log_frequency", "sigma_max", "sigma_min", "step_lr", "lql_steps",
-                                 "lql_step_size"])  # fmt: skip
-    common.require(args.batch_size <= args.learning_starts,
-                   f"--batch-size ({args.batch_size}) must not exceed --learning-starts ({args.learning_starts}).")
+                                 "log_frequency", "checkpoint_frequency", "sigma_max", "sigma_min", "step_lr",
+                                 "lql_steps", "lql_step_size"])  # fmt: skip
+    common.require(
+        args.batch_size <= args.learning_starts,
+        f"--batch-size ({args.batch_size}) must not exceed --learning-starts ({args.learning_starts}).",
+    )
     common.require(args.sigma_min < args.sigma_max,
                    f"--sigma-min ({args.sigma_min}) must be below --sigma-max ({args.sigma_max}).")  # fmt: skip
     common.require(args.lql or args.num_levels >= 2, "NC-LQL needs --num-levels of at least 2 (or use --lql).")
@@ -338,12 +348,14 @@ if __name__ == "__main__":
 
     args = tyro.cli(Args)
     validate(args)
+    if args.resume:
+        args = common.resume_args(args, args.resume, ALGORITHM)
     if args.lql:
         args.num_levels = 1
-    run_name = common.run_name_for(args.env_id, args.exp_name, args.seed)
-    run_dir = os.path.join(args.run_dir, run_name)
-    logger = common.Logger(run_dir, args, args.track, args.wandb_project_name, args.wandb_entity)
-    print(f"run directory: {run_dir}", flush=True)
+    if args.resume:  # continue in the checkpoint's run directory
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+    else:
+        run_dir = os.path.join(args.run_dir, common.run_name_for(args.env_id, args.exp_name, args.seed))
 
     common.seed_everything(args.seed, args.torch_deterministic)
     device = common.pick_device(args.cuda)
@@ -358,52 +370,90 @@ if __name__ == "__main__":
     optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
     sigmas = torch.tensor(noise_schedule(args.num_levels, args.sigma_max, args.sigma_min), device=device)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
+    modules, optimizers = {"critic": critic, "critic_target": critic_target}, {"critic": optimizer}
+
+    # counters (all of them are saved in checkpoints)
+    step = dict(global_step=0, updates=0, next_log=args.log_frequency, next_eval=args.eval_frequency, last_eval=-1,
+                next_checkpoint=args.checkpoint_frequency)  # fmt: skip
+    if args.resume:
+        step.update(common.load_checkpoint(args.resume, ALGORITHM, args.env_id, modules, optimizers, envs, rb))
+        print(f"resumed from {args.resume} at step {step['global_step']} with {rb.size} transitions in the buffer")
+    logger = common.Logger(run_dir, args, args.track, args.wandb_project_name, args.wandb_entity,
+                           resume_step=step["global_step"] if args.resume else None)  # fmt: skip
+    print(f"run directory: {run_dir}", flush=True)
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+
+    def write_checkpoint(path: str) -> None:
+        common.save_checkpoint(path, ALGORITHM, args, modules, optimizers, step, envs,
+                               rb if args.checkpoint_buffer else None)  # fmt: skip
 
     def policy(o: torch.Tensor) -> torch.Tensor:
         return sample_actions(critic, o, args, act_dim).detach()
 
-    obs, _ = envs.reset(seed=args.seed)
+    stop = common.StopSignal()
+    obs, _ = envs.reset(seed=args.seed + step["global_step"])  # in-flight episodes restart after a resume
     progress = common.Progress(args.total_timesteps)
-    start_time, last_return, update_info, updates = time.time(), None, {}, 0
-    next_log, next_eval, last_eval = args.log_frequency, args.eval_frequency, -1
-    global_step = 0
-    while global_step < args.total_timesteps:
-        # ---- act ----
-        if global_step < args.learning_starts:
-            actions = envs.action_space.sample()
-        else:
-            actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-        next_obs, rewards, terminated, truncated, infos = envs.step(actions)
-        global_step += args.num_envs
-        for episode_return, episode_length in common.finished_episodes(infos):
-            last_return = episode_return
-            logger.scalars({"charts/episodic_return": episode_return, "charts/episodic_length": episode_length},
-                           global_step)  # fmt: skip
-        rb.add(obs, common.real_next_obs(next_obs, infos), actions, rewards, terminated)
-        obs = next_obs
+    start_time, start_step, last_return, update_info = time.time(), step["global_step"], None, {}
+    try:
+        while step["global_step"] < args.total_timesteps:
+            global_step = step["global_step"]
+            # ---- act: uniform warm-up, then one annealed Langevin chain per state ----
+            if global_step < args.learning_starts:
+                actions = envs.action_space.sample()
+            else:
+                actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+                common.check_finite("actions", actions)
+            next_obs, rewards, terminated, truncated, infos = envs.step(actions)
+            global_step = step["global_step"] = global_step + args.num_envs
+            for episode_return, episode_length in common.finished_episodes(infos):
+                last_return = episode_return
+                logger.scalars({"charts/episodic_return": episode_return, "charts/episodic_length": episode_length},
+                               global_step)  # fmt: skip
+            rb.add(obs, common.real_next_obs(next_obs, infos), actions, rewards, terminated)
+            obs = next_obs
 
-        # ---- learn: one two-step critic update per vector step ----
-        if global_step >= args.learning_starts:
-            update_info = critic_update(args, rb.sample(args.batch_size), critic, critic_target, optimizer, sigmas,
-                                        act_dim)  # fmt: skip
-            common.polyak_update(critic_target, critic, args.tau)
-            updates += 1
+            # ---- learn: one two-step critic update per vector step ----
+            if global_step >= args.learning_starts:
+                update_info = critic_update(args, rb.sample(args.batch_size), critic, critic_target, optimizer,
+                                            sigmas, act_dim)  # fmt: skip
+                common.polyak_update(critic_target, critic, args.tau)
+                step["updates"] += 1
 
-        # ---- log ----
-        if global_step >= next_log:
-            next_log += args.log_frequency
-            sps = int(global_step / (time.time() - start_time))
-            logger.scalars({**update_info, "charts/SPS": sps, "charts/updates": updates}, global_step)
-        progress.update(global_step, last_return)
+            # ---- log ----
+            if global_step >= step["next_log"]:
+                step["next_log"] += args.log_frequency
+                sps = int((global_step - start_step) / (time.time() - start_time))
+                logger.scalars({**update_info, "charts/SPS": sps, "charts/updates": step["updates"]}, global_step)
+            progress.update(global_step, last_return)
 
-        # ---- evaluate with the same stochastic sampler ----
-        if global_step >= next_eval or (global_step >= args.total_timesteps and last_eval < global_step):
-            next_eval, last_eval = next_eval + args.eval_frequency, global_step
-            returns, _ = common.evaluate(policy, args.env_id, args.eval_episodes, args.seed + 1_000_000 + global_step,
-                                         device)  # fmt: skip
-            logger.scalars({"eval/episodic_return": returns.mean(), "eval/episodic_return_std": returns.std()},
-                           global_step)  # fmt: skip
-            print(f"eval at {global_step}: {returns.mean():.1f} +- {returns.std():.1f}", flush=True)
+            # ---- evaluate with the same stochastic sampler ----
+            finished = global_step >= args.total_timesteps
+            if global_step >= step["next_eval"] or (finished and step["last_eval"] < global_step):
+                step["next_eval"], step["last_eval"] = step["next_eval"] + args.eval_frequency, global_step
+                returns, _ = common.evaluate(policy, args.env_id, args.eval_episodes,
+                                             args.seed + 1_000_000 + global_step, device)  # fmt: skip
+                logger.scalars({"eval/episodic_return": returns.mean(), "eval/episodic_return_std": returns.std()},
+                               global_step)  # fmt: skip
+                print(f"eval at {global_step}: {returns.mean():.1f} +- {returns.std():.1f}", flush=True)
+
+            # ---- checkpoint: periodically, and on SIGINT / SIGTERM ----
+            if global_step >= step["next_checkpoint"]:
+                step["next_checkpoint"] += args.checkpoint_frequency
+                write_checkpoint(checkpoint_path)
+            if stop.name is not None:
+                write_checkpoint(checkpoint_path)
+                print(f"{stop.name} received: stopped at step {global_step}, checkpoint written to {checkpoint_path} "
+                      f"(continue with --resume {checkpoint_path})", flush=True)  # fmt: skip
+                break
+    except common.NonFiniteError as err:
+        last_good = os.path.join(run_dir, "last_good_checkpoint.pt")
+        write_checkpoint(last_good)
+        value, at = logger.last_values.get(err.name, (None, None))
+        last = f"its last logged finite value was {value:.6g} at step {at}" if value is not None else "never logged"
+        envs.close()
+        logger.close()
+        raise SystemExit(f"error: {err.name} became NaN or inf at step {step['global_step']} ({last}); the last "
+                         f"good state is saved in {last_good}.") from None  # fmt: skip
 
     if args.save_model:
         path = os.path.join(run_dir, f"{args.exp_name}.pt")

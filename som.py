@@ -67,6 +67,12 @@ class Args:
     """save the networks to runs/{run_name}/{exp_name}.pt at the end"""
     run_dir: str = "runs"
     """parent folder of the run directories"""
+    checkpoint_frequency: int = 250_000
+    """write runs/{run_name}/checkpoint.pt every this many environment transitions (and on SIGINT/SIGTERM)"""
+    checkpoint_buffer: bool = False
+    """include the replay buffer in checkpoints (up to GBs); without it a resumed run refills it from scratch"""
+    resume: Optional[str] = None
+    """continue the run saved in this checkpoint (its run directory, arguments, networks, optimisers, RNG)"""
 
     env_id: str = "Hopper-v4"
     """the gymnasium id of a continuous-action environment"""
@@ -133,6 +139,8 @@ class Args:
     time_sampler: Literal["uniform", "logit_normal", "r_zero"] = "uniform"
     """[decided] uniform: t ~ U[t_min, 1 - t_min], r ~ U[0, t]; logit_normal: MeanFlow's (-0.4, 1.0), sorted;
     r_zero: t uniform, r = 0 (only the averages that one-step sampling uses, u(s, a, 0, t))"""
+    adaptive_power: float = 0.5
+    """p of MeanFlow's adaptive loss weight 1 / (err + 1e-3)^p; 0 = plain squared error"""
     t_min: float = 1e-3
     """smallest flow time used in training (the VP score is singular at t = 0)"""
     exploration_noise: float = 0.0
@@ -224,17 +232,6 @@ class ReplayBuffer:
     def sample(self, batch_size: int):
         idx = torch.randint(0, self.size, (batch_size,), device=self.device)
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx]
-
-    def state_dict(self) -> dict:
-        n = self.size
-        return dict(obs=self.obs[:n].cpu(), next_obs=self.next_obs[:n].cpu(), actions=self.actions[:n].cpu(),
-                    rewards=self.rewards[:n].cpu(), terminated=self.terminated[:n].cpu(), pos=self.pos)  # fmt: skip
-
-    def load_state_dict(self, state: dict) -> None:
-        n = len(state["obs"])
-        for name in ("obs", "next_obs", "actions", "rewards", "terminated"):
-            getattr(self, name)[:n] = state[name].to(self.device)
-        self.size, self.pos = n, state["pos"]
 
 
 # ====================================================================================================================
@@ -374,8 +371,10 @@ def meanflow_target(actor, obs, noised_action, r, t, velocity) -> tuple[torch.Te
     return velocity - (t - r) * du_dt, du_dt
 
 
-def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_eps: float = 1e-3) -> tuple[torch.Tensor, dict]:
-    """MeanFlow loss with the adaptive weight (p = 1): mean_b d_b / stopgrad(d_b + eps), d_b = mean_dims (u - u_tgt)^2.
+def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_power: float = 1.0,
+                  adaptive_eps: float = 1e-3) -> tuple[torch.Tensor, dict]:  # fmt: skip
+    """MeanFlow loss with the adaptive weight: mean_b d_b / stopgrad(d_b + eps)^p, d_b = mean_dims (u - u_tgt)^2.
+    p = 1 is MeanFlow's choice (a robust, log-like loss); p = 0 is the plain squared error.
 
     u is computed with gradient; the target (and its JVP) without, which gives the same gradient as MeanFlow's
     stop-gradient on the target. obs (B, S), noised_action / velocity (B, A), r / t (B, 1).
@@ -383,7 +382,7 @@ def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_eps: float
     u = actor(obs, noised_action, r, t)
     u_target, du_dt = meanflow_target(actor, obs, noised_action, r, t, velocity)
     sq_err = (u - u_target).pow(2).mean(-1)
-    loss = (sq_err / (sq_err.detach() + adaptive_eps)).mean()
+    loss = (sq_err / (sq_err.detach() + adaptive_eps).pow(adaptive_power)).mean()
     return loss, {"du_dt_norm": du_dt.norm(dim=-1).mean(), "target_norm": u_target.norm(dim=-1).mean(),
                   "meanflow_mse": sq_err.mean()}  # fmt: skip
 
@@ -440,6 +439,7 @@ def critic_update(args: Args, batch, actor, critic, critic_target, critic_optimi
         y = td_target(critic_target, next_obs, next_actions, rewards, terminated, args.gamma, args.reward_scale)
     q = critic(obs, actions)  # (2, B)
     loss = (q - y).pow(2).mean(dim=1).sum()
+    common.check_finite("losses/critic_loss", loss)
     critic_optimizer.zero_grad(set_to_none=True)
     loss.backward()
     critic_optimizer.step()
@@ -457,9 +457,11 @@ def actor_update(args: Args, batch, actor, critic, actor_optimizer) -> dict:
 
     with common.frozen(critic):
         score, score_info = score_estimate(mean_q, obs, noised, t, args.num_mc_samples, args.alpha, args.beta_min,
-                                           args.beta_max, args.score_estimator, args.q_norm, args.clip_proposals)  # fmt: skip
+                                           args.beta_max, args.score_estimator, args.q_norm,
+                                           args.clip_proposals)  # fmt: skip
     velocity = target_velocity(noised, score, t, args.w, args.beta_min, args.beta_max, args.score_norm)
-    loss, flow_info = meanflow_loss(actor, obs, noised, r, t, velocity)
+    loss, flow_info = meanflow_loss(actor, obs, noised, r, t, velocity, args.adaptive_power)
+    common.check_finite("losses/actor_loss", loss)
     actor_optimizer.zero_grad(set_to_none=True)
     loss.backward()
     actor_optimizer.step()
@@ -500,11 +502,13 @@ def load_policy(path: str, num_candidates: Optional[int] = None, device: str = "
 def validate(args: Args) -> None:
     common.check_positive(args, ["total_timesteps", "num_envs", "learning_starts", "buffer_size", "batch_size",
                                  "num_mc_samples", "num_candidates", "eval_frequency", "eval_episodes",
-                                 "log_frequency", "alpha"])  # fmt: skip
+                                 "log_frequency", "checkpoint_frequency", "alpha"])  # fmt: skip
     common.require(args.num_target_candidates is None or args.num_target_candidates > 0,
                    f"--num-target-candidates must be positive, got {args.num_target_candidates}.")  # fmt: skip
-    common.require(args.batch_size <= args.learning_starts,
-                   f"--batch-size ({args.batch_size}) must not exceed --learning-starts ({args.learning_starts}).")
+    common.require(
+        args.batch_size <= args.learning_starts,
+        f"--batch-size ({args.batch_size}) must not exceed --learning-starts ({args.learning_starts}).",
+    )
     common.require(0.0 < args.t_min < 0.5, f"--t-min must be in (0, 0.5), got {args.t_min}.")
     common.require(0.0 <= args.flow_matching_fraction <= 1.0, "--flow-matching-fraction must be in [0, 1].")
     common.validate_env_id(args.env_id)
@@ -519,12 +523,14 @@ if __name__ == "__main__":
 
     args = tyro.cli(Args)
     validate(args)
+    if args.resume:
+        args = common.resume_args(args, args.resume, ALGORITHM)
     if args.num_target_candidates is None:
         args.num_target_candidates = args.num_candidates
-    run_name = common.run_name_for(args.env_id, args.exp_name, args.seed)
-    run_dir = os.path.join(args.run_dir, run_name)
-    logger = common.Logger(run_dir, args, args.track, args.wandb_project_name, args.wandb_entity)
-    print(f"run directory: {run_dir}", flush=True)
+    if args.resume:  # continue in the checkpoint's run directory
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+    else:
+        run_dir = os.path.join(args.run_dir, common.run_name_for(args.env_id, args.exp_name, args.seed))
 
     common.seed_everything(args.seed, args.torch_deterministic)
     device = common.pick_device(args.cuda)
@@ -539,6 +545,23 @@ if __name__ == "__main__":
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
+    modules = {"actor": actor, "critic": critic, "critic_target": critic_target}
+    optimizers = {"actor": actor_optimizer, "critic": critic_optimizer}
+
+    # counters (all of them are saved in checkpoints)
+    step = dict(global_step=0, updates=0, next_log=args.log_frequency, next_eval=args.eval_frequency, last_eval=-1,
+                next_checkpoint=args.checkpoint_frequency, bound_hits=0.0, acting_steps=0)  # fmt: skip
+    if args.resume:
+        step.update(common.load_checkpoint(args.resume, ALGORITHM, args.env_id, modules, optimizers, envs, rb))
+        print(f"resumed from {args.resume} at step {step['global_step']} with {rb.size} transitions in the buffer")
+    logger = common.Logger(run_dir, args, args.track, args.wandb_project_name, args.wandb_entity,
+                           resume_step=step["global_step"] if args.resume else None)  # fmt: skip
+    print(f"run directory: {run_dir}", flush=True)
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+
+    def write_checkpoint(path: str) -> None:
+        common.save_checkpoint(path, ALGORITHM, args, modules, optimizers, step, envs,
+                               rb if args.checkpoint_buffer else None)  # fmt: skip
 
     def policy_for(n: int):
         @torch.no_grad()
@@ -547,63 +570,84 @@ if __name__ == "__main__":
 
         return policy
 
-    obs, _ = envs.reset(seed=args.seed)
+    stop = common.StopSignal()
+    obs, _ = envs.reset(seed=args.seed + step["global_step"])  # in-flight episodes restart after a resume
     progress = common.Progress(args.total_timesteps)
-    start_time, last_return, update_info, updates = time.time(), None, {}, 0
-    bound_hits = torch.zeros((), device=device)
-    next_log, next_eval, last_eval = args.log_frequency, args.eval_frequency, -1
-    global_step = 0
-    while global_step < args.total_timesteps:
-        # ---- act ----
-        if global_step < args.learning_starts:
-            actions = envs.action_space.sample()
-        else:
-            with torch.no_grad():
-                action_t = sample_actions(actor, critic, torch.as_tensor(obs, dtype=torch.float32, device=device),
-                                          args.num_candidates)  # fmt: skip
-                bound_hits += (action_t.abs() > 0.999).float().mean()
-                if args.exploration_noise > 0:
-                    action_t = (action_t + args.exploration_noise * torch.randn_like(action_t)).clamp(-1.0, 1.0)
-            actions = action_t.cpu().numpy()
-        next_obs, rewards, terminated, truncated, infos = envs.step(actions)
-        global_step += args.num_envs
-        for episode_return, episode_length in common.finished_episodes(infos):
-            last_return = episode_return
-            logger.scalars({"charts/episodic_return": episode_return, "charts/episodic_length": episode_length},
-                           global_step)  # fmt: skip
-        rb.add(obs, common.real_next_obs(next_obs, infos), actions, rewards, terminated)
-        obs = next_obs
+    start_time, start_step, last_return, update_info = time.time(), step["global_step"], None, {}
+    try:
+        while step["global_step"] < args.total_timesteps:
+            global_step = step["global_step"]
+            # ---- act: uniform warm-up, then the best of N one-step candidates ----
+            if global_step < args.learning_starts:
+                actions = envs.action_space.sample()
+            else:
+                with torch.no_grad():
+                    obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                    action_t = sample_actions(actor, critic, obs_t, args.num_candidates)
+                    if args.exploration_noise > 0:
+                        action_t = action_t + args.exploration_noise * torch.randn_like(action_t)
+                actions = action_t.clamp(-1.0, 1.0).cpu().numpy()
+                common.check_finite("actions", actions)
+                step["bound_hits"] += float((np.abs(actions) > 0.999).mean())
+                step["acting_steps"] += 1
+            next_obs, rewards, terminated, truncated, infos = envs.step(actions)
+            global_step = step["global_step"] = global_step + args.num_envs
+            for episode_return, episode_length in common.finished_episodes(infos):
+                last_return = episode_return
+                logger.scalars({"charts/episodic_return": episode_return, "charts/episodic_length": episode_length},
+                               global_step)  # fmt: skip
+            rb.add(obs, common.real_next_obs(next_obs, infos), actions, rewards, terminated)
+            obs = next_obs
 
-        # ---- learn: one critic and one actor update per vector step ----
-        if global_step >= args.learning_starts:
-            batch = rb.sample(args.batch_size)
-            update_info = critic_update(args, batch, actor, critic, critic_target, critic_optimizer)
-            update_info.update(actor_update(args, batch, actor, critic, actor_optimizer))
-            common.polyak_update(critic_target, critic, args.tau)
-            updates += 1
+            # ---- learn: one critic and one actor update per vector step ----
+            if global_step >= args.learning_starts:
+                batch = rb.sample(args.batch_size)
+                update_info = critic_update(args, batch, actor, critic, critic_target, critic_optimizer)
+                update_info.update(actor_update(args, batch, actor, critic, actor_optimizer))
+                common.polyak_update(critic_target, critic, args.tau)
+                step["updates"] += 1
 
-        # ---- log ----
-        if global_step >= next_log:
-            next_log += args.log_frequency
-            sps = int(global_step / (time.time() - start_time))
-            extra = {}
-            if updates > 0:
-                acting_steps = max((global_step - args.learning_starts) // args.num_envs, 1)
-                extra["charts/action_bound_fraction"] = bound_hits / acting_steps
-            logger.scalars({**update_info, **extra, "charts/SPS": sps, "charts/updates": updates}, global_step)
-        progress.update(global_step, last_return)
+            # ---- log ----
+            if global_step >= step["next_log"]:
+                step["next_log"] += args.log_frequency
+                sps = int((global_step - start_step) / (time.time() - start_time))
+                bounds = step["bound_hits"] / max(step["acting_steps"], 1)
+                logger.scalars({**update_info, "charts/action_bound_fraction": bounds, "charts/SPS": sps,
+                                "charts/updates": step["updates"]}, global_step)  # fmt: skip
+            progress.update(global_step, last_return)
 
-        # ---- evaluate: best-of-N (the protocol) and N = 1 (the one-step actor on its own) ----
-        if global_step >= next_eval or (global_step >= args.total_timesteps and last_eval < global_step):
-            next_eval, last_eval = next_eval + args.eval_frequency, global_step
-            eval_seed = args.seed + 1_000_000 + global_step
-            returns_n, _ = common.evaluate(policy_for(args.num_candidates), args.env_id, args.eval_episodes,
-                                           eval_seed, device)  # fmt: skip
-            returns_1, _ = common.evaluate(policy_for(1), args.env_id, args.eval_episodes, eval_seed, device)
-            logger.scalars({"eval/episodic_return": returns_n.mean(), "eval/episodic_return_std": returns_n.std(),
-                            "eval/episodic_return_n1": returns_1.mean()}, global_step)  # fmt: skip
-            print(f"eval at {global_step}: best-of-{args.num_candidates} {returns_n.mean():.1f} +- "
-                  f"{returns_n.std():.1f}, N=1 {returns_1.mean():.1f}", flush=True)  # fmt: skip
+            # ---- evaluate: best-of-N (the protocol) and N = 1 (the one-step actor on its own) ----
+            if global_step >= step["next_eval"] or (
+                global_step >= args.total_timesteps and step["last_eval"] < global_step
+            ):
+                step["next_eval"], step["last_eval"] = step["next_eval"] + args.eval_frequency, global_step
+                eval_seed = args.seed + 1_000_000 + global_step
+                returns_n, _ = common.evaluate(policy_for(args.num_candidates), args.env_id, args.eval_episodes,
+                                               eval_seed, device)  # fmt: skip
+                returns_1, _ = common.evaluate(policy_for(1), args.env_id, args.eval_episodes, eval_seed, device)
+                logger.scalars({"eval/episodic_return": returns_n.mean(), "eval/episodic_return_std": returns_n.std(),
+                                "eval/episodic_return_n1": returns_1.mean()}, global_step)  # fmt: skip
+                print(f"eval at {global_step}: best-of-{args.num_candidates} {returns_n.mean():.1f} +- "
+                      f"{returns_n.std():.1f}, N=1 {returns_1.mean():.1f}", flush=True)  # fmt: skip
+
+            # ---- checkpoint: periodically, and on SIGINT / SIGTERM ----
+            if global_step >= step["next_checkpoint"]:
+                step["next_checkpoint"] += args.checkpoint_frequency
+                write_checkpoint(checkpoint_path)
+            if stop.name is not None:
+                write_checkpoint(checkpoint_path)
+                print(f"{stop.name} received: stopped at step {global_step}, checkpoint written to {checkpoint_path} "
+                      f"(continue with --resume {checkpoint_path})", flush=True)  # fmt: skip
+                break
+    except common.NonFiniteError as err:
+        last_good = os.path.join(run_dir, "last_good_checkpoint.pt")
+        write_checkpoint(last_good)
+        value, at = logger.last_values.get(err.name, (None, None))
+        last = f"its last logged finite value was {value:.6g} at step {at}" if value is not None else "never logged"
+        envs.close()
+        logger.close()
+        raise SystemExit(f"error: {err.name} became NaN or inf at step {step['global_step']} ({last}); the last "
+                         f"good state is saved in {last_good}.") from None  # fmt: skip
 
     if args.save_model:
         path = os.path.join(run_dir, f"{args.exp_name}.pt")

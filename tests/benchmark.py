@@ -60,7 +60,7 @@ def main() -> None:
     one_obs = torch.randn(1, S)
     for n in (1, args.num_candidates):
         with torch.no_grad():
-            ms = timed(lambda: som.sample_actions(actor, critic, one_obs, n), cli.repeats * 5)
+            ms = timed(lambda n=n: som.sample_actions(actor, critic, one_obs, n), cli.repeats * 5)
         rows.append((f"SOM action, one observation, N = {n}", ms, ""))
 
     ms_critic = timed(lambda: som.critic_update(args, batch, actor, critic, critic_target, critic_opt), cli.repeats)
@@ -84,7 +84,9 @@ def main() -> None:
                  f"{score_flops / ms_score / 1e6:.1f} GFLOP/s"))  # fmt: skip
     ms_actor = timed(lambda: som.actor_update(args, batch, actor, critic, actor_opt), cli.repeats)
     rows.append(("SOM actor update (score estimate + MeanFlow loss + step)", ms_actor, ""))
-    rows.append(("SOM full update (critic + actor)", ms_critic + ms_actor, f"{1000 / (ms_critic + ms_actor):.1f} updates/s"))
+    rows.append(
+        ("SOM full update (critic + actor)", ms_critic + ms_actor, f"{1000 / (ms_critic + ms_actor):.1f} updates/s")
+    )
 
     x, wmat = torch.randn(K * B, h), torch.randn(2, h, h)
     ms_mm = timed(lambda: torch.matmul(x.view(1, -1, h), wmat), cli.repeats)
