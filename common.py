@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
 import math
 import os
 import random
@@ -55,13 +56,15 @@ def check_positive(args, names: list[str]) -> None:
 
 def validate_env_id(env_id: str) -> None:
     """The env id must be registered and have a bounded continuous (Box) action space."""
-    if ":" in env_id:  # "module:Env-v0" registers on import; let gymnasium import it.
+    name = env_id
+    if ":" in env_id:  # "module:Env-v0": the module registers Env-v0 when imported
+        module, name = env_id.split(":", 1)
         try:
-            gym.spec(env_id)
-        except Exception as exc:  # noqa: BLE001 - any import/registration failure is the user's input
-            raise UserInputError(f"could not load environment {env_id!r}: {exc}") from None
-    elif env_id not in gym.registry:
-        close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise UserInputError(f"could not import module {module!r} of environment {env_id!r} ({exc}).") from None
+    if name not in gym.registry:
+        close = difflib.get_close_matches(name, list(gym.registry.keys()), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UserInputError(f"unknown environment id {env_id!r}.{hint}")
     env = gym.make(env_id)

@@ -8,11 +8,16 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def script_env() -> dict:
+    """The environment for a script under test: one thread, quiet warnings, tests/ importable (odd_envs)."""
+    path = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")])
+    return dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", PYTHONPATH=path)
+
+
 def run_script(script: str, *cli: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python <script> <cli>` from the current directory; returns the finished process (text output)."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *cli], capture_output=True, text=True,
-                          timeout=timeout, env=env)  # fmt: skip
+                          timeout=timeout, env=script_env())  # fmt: skip
 
 
 def read_scalars(run_parent: str) -> dict:

@@ -1,0 +1,171 @@
+"""Long runs lose nothing: checkpoints restore exactly, signals checkpoint and exit 0, NaN stops with the last good
+state, and every bad input gets one sentence and a non-zero exit. Both scripts."""
+
+import glob
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from helpers import ROOT, read_scalars, run_script, script_env
+
+import common
+import som
+
+SOM_TINY = ["--num-envs", "2", "--learning-starts", "100", "--batch-size", "32", "--num-mc-samples", "8",
+            "--num-candidates", "4", "--eval-episodes", "2", "--log-frequency", "20", "--hidden-dim", "32"]  # fmt: skip
+NC_TINY = ["--num-envs", "2", "--learning-starts", "100", "--batch-size", "32", "--eval-episodes", "2",
+           "--log-frequency", "20", "--hidden-dim", "32"]  # fmt: skip
+TINY = {"som.py": SOM_TINY, "nc_lql.py": NC_TINY}
+
+
+def test_checkpoint_round_trip_restores_networks_optimisers_buffer_counters_and_rng(tmp_path):
+    def build():
+        args = som.Args(
+            env_id="Pendulum-v1",
+            batch_size=16,
+            num_mc_samples=4,
+            num_candidates=2,
+            num_target_candidates=2,
+            hidden_dim=16,
+        )
+        envs = common.make_vector_env("Pendulum-v1", 2, seed=0)
+        actor, critic = som.build_networks(args, 3, 1, "cpu")
+        target = som.build_networks(args, 3, 1, "cpu")[1]
+        opts = {"actor": torch.optim.Adam(actor.parameters()), "critic": torch.optim.Adam(critic.parameters())}
+        rb = som.ReplayBuffer(100, 3, 1, torch.device("cpu"))
+        return args, envs, {"actor": actor, "critic": critic, "critic_target": target}, opts, rb
+
+    args, envs, mods, opts, rb = build()
+    for _ in range(20):
+        rb.add(np.random.randn(2, 3), np.random.randn(2, 3), envs.action_space.sample(), np.random.randn(2), [0, 1])
+    for _ in range(3):
+        batch = rb.sample(16)
+        som.critic_update(args, batch, mods["actor"], mods["critic"], mods["critic_target"], opts["critic"])
+        som.actor_update(args, batch, mods["actor"], mods["critic"], opts["actor"])
+    path = str(tmp_path / "checkpoint.pt")
+    common.save_checkpoint(path, "som", args, mods, opts, {"global_step": 40, "updates": 3}, envs, rb)
+    expected_draws = (random.random(), np.random.rand(), torch.rand(3), envs.action_space.sample())
+
+    _, envs2, mods2, opts2, rb2 = build()
+    counters = common.load_checkpoint(path, "som", "Pendulum-v1", mods2, opts2, envs2, rb2)
+    assert counters == {"global_step": 40, "updates": 3}
+    for name in mods:
+        for a, b in zip(mods[name].state_dict().values(), mods2[name].state_dict().values()):
+            assert torch.equal(a, b), name
+    for name in opts:
+        s1, s2 = opts[name].state_dict()["state"], opts2[name].state_dict()["state"]
+        assert all(torch.equal(s1[k]["exp_avg_sq"], s2[k]["exp_avg_sq"]) for k in s1)
+    assert rb2.size == rb.size and rb2.pos == rb.pos and torch.equal(rb2.obs[: rb.size], rb.obs[: rb.size])
+    draws = (random.random(), np.random.rand(), torch.rand(3), envs2.action_space.sample())
+    assert draws[0] == expected_draws[0] and draws[1] == expected_draws[1]
+    assert torch.equal(draws[2], expected_draws[2]) and np.array_equal(draws[3], expected_draws[3])
+
+
+@pytest.mark.parametrize("script,sig", [("som.py", signal.SIGTERM), ("nc_lql.py", signal.SIGINT)])
+def test_signal_writes_a_checkpoint_exits_zero_and_resume_continues(script, sig, tmp_path):
+    runs = str(tmp_path / "runs")
+    cmd = [sys.executable, os.path.join(ROOT, script), "--env-id", "Pendulum-v1", *TINY[script],
+           "--total-timesteps", "100000", "--checkpoint-buffer", "--run-dir", runs]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env())
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until it is learning (the event file shows updates)
+        time.sleep(1.0)
+        events = glob.glob(os.path.join(runs, "*", "events.*"))
+        if events and os.path.getsize(events[0]) > 3000:
+            break
+    time.sleep(2.0)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert f"{sig.name} received" in out and "checkpoint written to" in out
+    (ckpt_path,) = glob.glob(os.path.join(runs, "*", "checkpoint.pt"))
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    stopped_at, updates = ckpt["counters"]["global_step"], ckpt["counters"]["updates"]
+    assert stopped_at > 100 and updates > 0 and len(ckpt["buffer"]["obs"]) == stopped_at
+
+    resumed = run_script(script, "--env-id", "Pendulum-v1", "--resume", ckpt_path, "--total-timesteps",
+                         str(stopped_at + 60), "--eval-frequency", "100000")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {ckpt_path} at step {stopped_at} with {stopped_at} transitions" in resumed.stdout
+    scalars = read_scalars(runs)  # one run directory: the resumed run logs into the same event files
+    steps, values = zip(*scalars["charts/updates"])
+    assert steps[-1] > stopped_at and values[-1] == updates + (steps[-1] - stopped_at) // 2  # one per vector step
+    assert list(steps) == sorted(steps)  # nothing logged twice for the same steps
+    assert scalars["eval/episodic_return"][-1][0] == stopped_at + 60
+
+
+def test_resumed_run_is_not_a_fresh_run(tmp_path):
+    """After resume the networks are the trained ones: the first losses differ from a fresh run's."""
+    runs = str(tmp_path / "a")
+    first = run_script("som.py", "--env-id", "Pendulum-v1", *SOM_TINY, "--total-timesteps", "200",
+                       "--checkpoint-frequency", "200", "--eval-frequency", "200", "--run-dir", runs)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    (ckpt,) = glob.glob(os.path.join(runs, "*", "checkpoint.pt"))
+    resumed = run_script("som.py", "--env-id", "Pendulum-v1", "--resume", ckpt, "--total-timesteps", "400")
+    fresh = run_script("som.py", "--env-id", "Pendulum-v1", *SOM_TINY, "--total-timesteps", "400",
+                       "--eval-frequency", "200", "--run-dir", str(tmp_path / "b"))  # fmt: skip
+    assert resumed.returncode == 0 and fresh.returncode == 0
+    a, b = read_scalars(runs), read_scalars(str(tmp_path / "b"))
+    assert a["charts/updates"][-1][1] == b["charts/updates"][-1][1]  # same number of updates in total
+    assert a["eval/episodic_return"][-1] != b["eval/episodic_return"][-1]
+    assert [v for s, v in a["losses/q_values"] if s > 200] != [v for s, v in b["losses/q_values"] if s > 200]
+
+
+@pytest.mark.parametrize("script,loss", [("som.py", "losses/critic_loss"), ("nc_lql.py", "losses/td_loss")])
+def test_nan_stops_with_the_name_and_saves_the_last_good_state(script, loss, tmp_path):
+    proc = run_script(script, "--env-id", "odd_envs:NanReward-v0", *TINY[script], "--total-timesteps", "2000",
+                      "--run-dir", str(tmp_path))  # fmt: skip
+    assert proc.returncode != 0
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert f"{loss} became NaN or inf at step" in line and "last_good_checkpoint.pt" in line
+    (path,) = glob.glob(os.path.join(str(tmp_path), "*", "last_good_checkpoint.pt"))
+    state = torch.load(path, weights_only=False)
+    assert all(torch.isfinite(p).all() for p in state["modules"]["critic"].values())
+
+
+@pytest.mark.parametrize("script", ["som.py", "nc_lql.py"])
+@pytest.mark.parametrize(
+    "cli,message",
+    [
+        (["--env-id", "odd_envs:UnboundedAction-v0"], "unbounded action space"),
+        (["--env-id", "no_such_module:Env-v0"], "could not import module 'no_such_module'"),
+        (["--env-id", "Pendulum-v1", "--total-timesteps", "0"], "--total-timesteps must be positive"),
+        (["--env-id", "Pendulum-v1", "--batch-size", "-4"], "--batch-size must be positive"),
+        (["--env-id", "Pendulum-v1", "--checkpoint-frequency", "0"], "--checkpoint-frequency must be positive"),
+        (["--env-id", "Pendulum-v1", "--run-dir", "/proc/no/such/place"], "cannot write the run directory"),
+        (["--env-id", "Pendulum-v1", "--resume", "/nonexistent.pt"], "no such model file"),
+    ],
+)
+def test_more_bad_input(script, cli, message):
+    proc = run_script(script, *cli)
+    assert proc.returncode != 0
+    err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1 and message in err_lines[0], proc.stderr[-2000:]
+
+
+def test_checkpoints_from_another_script_or_env_are_refused(tmp_path):
+    runs = str(tmp_path)
+    proc = run_script("som.py", "--env-id", "Pendulum-v1", *SOM_TINY, "--total-timesteps", "120",
+                      "--checkpoint-frequency", "120", "--eval-frequency", "120", "--run-dir", runs)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (ckpt,) = glob.glob(os.path.join(runs, "*", "checkpoint.pt"))
+    other_script = run_script("nc_lql.py", "--env-id", "Pendulum-v1", "--resume", ckpt)
+    assert other_script.returncode != 0 and "written by som, not by nc_lql" in other_script.stderr
+    other_env = run_script("som.py", "--env-id", "Hopper-v4", "--resume", ckpt)
+    assert other_env.returncode != 0 and "trained on Pendulum-v1, not Hopper-v4" in other_env.stderr
+
+
+def test_cuda_without_a_gpu_falls_back_to_the_cpu_with_a_warning(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "nc_lql.py"), "--env-id", "Pendulum-v1", *NC_TINY,
+                           "--total-timesteps", "40", "--cuda", "--run-dir", str(tmp_path)], capture_output=True,
+                          text=True, env=dict(script_env(), PYTHONWARNINGS="default"), timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--cuda was given but no CUDA device is available; running on the CPU." in proc.stderr
