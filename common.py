@@ -143,7 +143,8 @@ def make_env(env_id: str, seed: int, capture_video_dir: Optional[str] = None) ->
         else:
             env = gym.make(env_id)
         env = gym.wrappers.RecordEpisodeStatistics(env)
-        env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+        unit = np.ones(env.action_space.shape, dtype=np.float32)
+        env = gym.wrappers.RescaleAction(env, -unit, unit)
         env.action_space.seed(seed)
         return env
 

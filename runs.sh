@@ -4,10 +4,11 @@
 #   ./runs.sh                     run every job locally, WORKERS at a time (default 1)
 #   WORKERS=4 ./runs.sh           four at a time
 #   ./runs.sh --dry-run           print the commands, run nothing
-#   ./runs.sh --slurm             write runs_slurm.sbatch (one array task per command) and print how to submit it
+#   ./runs.sh --slurm             write ./runs_slurm.sbatch (one array task per command) and say how to submit it
 #   ./runs.sh quick [--dry-run]   the CPU-sized set used for the README's figures (hours on a laptop, not days)
 #   ./runs.sh --only som          only one algorithm (som or nc_lql); combine with any of the above
 set -euo pipefail
+CALLER_DIR=$(pwd)
 cd "$(dirname "$0")"
 
 SET=paper
@@ -56,7 +57,7 @@ case "$MODE" in
     printf '%s\n' "${JOBS[@]}"
     ;;
   slurm)
-    script=runs_slurm.sbatch
+    script="$CALLER_DIR/runs_slurm.sbatch"
     {
       echo "#!/usr/bin/env bash"
       echo "#SBATCH --job-name=som-nclql"

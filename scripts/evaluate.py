@@ -1,0 +1,75 @@
+"""Evaluate a model saved with --save-model (som.py or nc_lql.py) and optionally record videos.
+
+python scripts/evaluate.py runs/Hopper-v4__som__1__1700000000/som.pt --episodes 10
+python scripts/evaluate.py runs/.../som.pt --num-candidates 1          # SOM's one-step policy alone
+MUJOCO_GL=egl python scripts/evaluate.py runs/.../nc_lql.pt --video videos/   # needs an OpenGL renderer
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
+
+
+def load_any(path: str, num_candidates: int | None):
+    common.require(os.path.isfile(path), f"no such model file: {path!r}.")
+    algorithm = torch.load(path, map_location="cpu", weights_only=False).get("algorithm")
+    if algorithm == "som":
+        import som
+
+        return som.load_policy(path, num_candidates=num_candidates)
+    common.require(algorithm == "nc_lql", f"{path!r} was not written by som.py or nc_lql.py.")
+    import nc_lql
+
+    return nc_lql.load_policy(path)
+
+
+def record_videos(policy, env_id: str, episodes: int, folder: str, seed: int) -> None:
+    try:
+        env = gym.make(env_id, render_mode="rgb_array")
+        env = gym.wrappers.RecordVideo(env, folder, episode_trigger=lambda _: True, disable_logger=True)
+        unit = np.ones(env.action_space.shape, dtype=np.float32)
+        env = gym.wrappers.RescaleAction(env, -unit, unit)
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            done = False
+            while not done:
+                action = policy(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+                obs, _, terminated, truncated, _ = env.step(action)
+                done = terminated or truncated
+        env.close()
+    except Exception as exc:  # noqa: BLE001 - any renderer failure gets the same advice
+        raise common.UserInputError(
+            f"could not render {env_id} ({type(exc).__name__}: {exc}); for MuJoCo set MUJOCO_GL=egl (GPU) or "
+            "MUJOCO_GL=osmesa (CPU, needs libosmesa) and install imageio[ffmpeg]."
+        ) from None
+    print(f"videos written to {folder}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--num-candidates", type=int, default=None, help="SOM only: N (default: the training run's)")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--video", default=None, metavar="FOLDER", help="also record the episodes to this folder")
+    cli = p.parse_args()
+    common.require(cli.episodes > 0, f"--episodes must be positive, got {cli.episodes}.")
+    policy, args = load_any(cli.model, cli.num_candidates)
+    returns, lengths = common.evaluate(policy, args.env_id, cli.episodes, cli.seed, "cpu")
+    print(f"{args.env_id}: return {returns.mean():.1f} +- {returns.std():.1f} over {cli.episodes} episodes "
+          f"(length {lengths.mean():.0f})")  # fmt: skip
+    if cli.video:
+        record_videos(policy, args.env_id, cli.episodes, cli.video, cli.seed)
+
+
+if __name__ == "__main__":
+    main()

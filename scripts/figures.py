@@ -1,0 +1,132 @@
+"""Figures for the README, regenerated from the runs' TensorBoard files and saved models.
+
+    python scripts/figures.py curves RUN_DIR [RUN_DIR ...] --out docs/curves.png
+        one panel per env: eval return (mean and min-max over seeds) against env steps, per algorithm; SOM runs
+        also get their N = 1 curve (eval/episodic_return_n1) dashed
+    python scripts/figures.py bandit --som runs/.../som.pt --nc-lql runs/.../nc_lql.pt --out docs/bandit.png
+        MultimodalBandit-v0's reward landscape with 500 actions from SOM (N = 1 and N = 32) and NC-LQL
+
+RUN_DIR is a folder of run directories (runs/ by default, named {env}__{exp_name}__{seed}__{time}) or one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
+
+
+def read_tag(run_dir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return np.array([]), np.array([])
+    events = acc.Scalars(tag)
+    return np.array([e.step for e in events]), np.array([e.value for e in events])
+
+
+def find_runs(paths: list[str]) -> dict:
+    """{(env_id, exp_name): [run_dir, ...]} from run directory names."""
+    groups = defaultdict(list)
+    for path in paths:
+        candidates = [path] if glob.glob(os.path.join(path, "events.*")) else sorted(glob.glob(os.path.join(path, "*")))
+        for run in candidates:
+            parts = os.path.basename(run.rstrip("/")).split("__")
+            if len(parts) == 4 and glob.glob(os.path.join(run, "events.*")):
+                groups[(parts[0], parts[1])].append(run)
+    return groups
+
+
+def plot_curves(paths: list[str], out: str) -> None:
+    groups = find_runs(paths)
+    envs = sorted({env for env, _ in groups})
+    fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.6), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        for (env_id, exp), runs in sorted(groups.items()):
+            if env_id != env:
+                continue
+            for tag, style in (("eval/episodic_return", "-"), ("eval/episodic_return_n1", "--")):
+                curves = [read_tag(r, tag) for r in runs]
+                curves = [c for c in curves if len(c[0])]
+                if not curves:
+                    continue
+                n = min(len(c[0]) for c in curves)
+                steps, values = curves[0][0][:n], np.stack([c[1][:n] for c in curves])
+                label = f"{exp} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+                label += ", N=1" if tag.endswith("n1") else ""
+                line = ax.plot(steps, values.mean(0), style, label=label)[0]
+                if len(curves) > 1:
+                    ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2, color=line.get_color())
+        ax.set_title(env)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("eval return")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
+def plot_bandit(som_path: str, nc_path: str | None, out: str, num: int = 500) -> None:
+    import nc_lql
+    import som
+
+    torch.manual_seed(0)
+    grid = np.linspace(-1, 1, 201)
+    xx, yy = np.meshgrid(grid, grid)
+    reward = common.MultimodalBandit.reward(np.stack([xx, yy], -1))
+    panels = []
+    obs = torch.zeros(num, 1)
+    for n in (1, 32):
+        policy, _ = som.load_policy(som_path, num_candidates=n)
+        panels.append((f"SOM, one step, N = {n}", policy(obs).numpy()))
+    if nc_path:
+        policy, _ = nc_lql.load_policy(nc_path)
+        panels.append(("NC-LQL (annealed Langevin)", policy(obs).numpy()))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    for ax, (title, actions) in zip(axes[0], panels):
+        ax.contourf(xx, yy, reward, levels=20, cmap="viridis")
+        ax.scatter(actions[:, 0], actions[:, 1], s=4, c="white", alpha=0.6)
+        mean_r = common.MultimodalBandit.reward(actions).mean()
+        ax.set_title(f"{title}\nmean reward {mean_r:.2f} (random 0.06, best 1.0)", fontsize=9)
+        ax.set_xlim(-1.05, 1.05)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("curves")
+    c.add_argument("paths", nargs="*", default=["runs"])
+    c.add_argument("--out", default="docs/curves.png")
+    b = sub.add_parser("bandit")
+    b.add_argument("--som", required=True)
+    b.add_argument("--nc-lql", default=None)
+    b.add_argument("--out", default="docs/bandit.png")
+    args = p.parse_args()
+    if args.what == "curves":
+        plot_curves(args.paths, args.out)
+    else:
+        plot_bandit(args.som, args.nc_lql, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""runs.sh (dry run, command expansion, Slurm script), the figure script and the saved-model evaluator."""
+
+import glob
+import os
+import shlex
+import subprocess
+import sys
+
+import tyro
+from helpers import ROOT, run_script
+
+import nc_lql
+import som
+
+RUNS = os.path.join(ROOT, "runs.sh")
+
+
+def _dry(*extra):
+    proc = subprocess.run(["bash", RUNS, *extra, "--dry-run"], capture_output=True, text=True, check=True)
+    return proc.stdout.strip().splitlines()
+
+
+def test_dry_run_prints_the_full_protocol_and_every_command_parses():
+    lines = _dry()
+    assert len(lines) == 5 * 5 + 6 * 5  # SOM: 5 envs, NC-LQL: 6 envs, 5 seeds each
+    som_lines = [x for x in lines if " som.py " in x]
+    assert len(som_lines) == 25 and sum("Swimmer-v4" in x for x in som_lines) == 0
+    assert sum("Swimmer-v4" in x for x in lines) == 5
+    for line in lines:
+        argv = shlex.split(line)
+        script, cli = argv[1], argv[2:]
+        args = tyro.cli(som.Args if script == "som.py" else nc_lql.Args, args=cli)
+        assert args.total_timesteps == 5_000_000 and args.num_envs == 5  # the protocol's defaults
+    assert {shlex.split(x)[shlex.split(x).index("--seed") + 1] for x in lines} == {"1", "2", "3", "4", "5"}
+
+
+def test_quick_set_and_only_filter():
+    quick = _dry("quick", "--only", "som")
+    assert len(quick) == 2 * 5 and all(" som.py " in x and "--num-envs 1" in x for x in quick)
+    for line in quick:
+        tyro.cli(som.Args, args=shlex.split(line)[2:])
+
+
+def test_slurm_writes_one_array_task_per_command(tmp_path):
+    proc = subprocess.run(["bash", RUNS, "--slurm"], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert f"sbatch {tmp_path / 'runs_slurm.sbatch'}" in proc.stdout
+    text = (tmp_path / "runs_slurm.sbatch").read_text()
+    assert "#SBATCH --array=0-54" in text and text.count("--cuda") == 55
+
+
+def test_unknown_argument_is_refused():
+    proc = subprocess.run(["bash", RUNS, "--bogus"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "unknown argument" in proc.stderr
+
+
+def test_evaluate_saved_model_and_curve_figure(tmp_path):
+    runs = str(tmp_path / "runs")
+    proc = run_script("som.py", "--env-id", "Pendulum-v1", "--num-envs", "2", "--total-timesteps", "240",
+                      "--learning-starts", "120", "--batch-size", "32", "--num-mc-samples", "4", "--num-candidates",
+                      "4", "--eval-frequency", "120", "--eval-episodes", "2", "--hidden-dim", "32", "--save-model",
+                      "--run-dir", runs)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (model,) = glob.glob(os.path.join(runs, "*", "som.pt"))
+    ev = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), model, "--episodes", "2",
+                         "--num-candidates", "1"], capture_output=True, text=True)  # fmt: skip
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert "Pendulum-v1: return" in ev.stdout and "over 2 episodes" in ev.stdout
+    out = str(tmp_path / "curves.png")
+    fig = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "figures.py"), "curves", runs, "--out", out],
+                         capture_output=True, text=True)  # fmt: skip
+    assert fig.returncode == 0, fig.stderr[-2000:]
+    assert os.path.getsize(out) > 10_000
