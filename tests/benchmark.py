@@ -1,4 +1,5 @@
-"""Speed of SOM (and NC-LQL when present) on this machine: ms per action, ms per update split by part, GFLOP/s.
+"""Speed of SOM and NC-LQL on this machine: ms per action, ms per update split by part, GFLOP/s, and the same for
+a SAC-sized Gaussian actor (two hidden layers of 256) with its twin critic as a point of reference.
 
 Usage: python tests/benchmark.py [--obs-dim 17 --act-dim 6 --batch-size 256 --num-mc-samples 100 --repeats 10]
 Prints a markdown table. Defaults are HalfCheetah-v4's dimensions and the paper protocol's batch, K and N.
@@ -15,6 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
+import nc_lql  # noqa: E402
 import som  # noqa: E402
 
 
@@ -87,6 +89,48 @@ def main() -> None:
     rows.append(
         ("SOM full update (critic + actor)", ms_critic + ms_actor, f"{1000 / (ms_critic + ms_actor):.1f} updates/s")
     )
+
+    # ---- NC-LQL ----
+    nc_args = nc_lql.Args(batch_size=B)
+    nc_critic = nc_lql.NoiseConditionedTwinCritic(S, A)
+    nc_target = nc_lql.NoiseConditionedTwinCritic(S, A)
+    nc_opt = torch.optim.Adam(nc_critic.parameters(), lr=1e-4)
+    sigmas = torch.tensor(nc_lql.noise_schedule(10, 0.1, 0.001))
+    ms_nc_act = timed(lambda: nc_lql.sample_actions(nc_critic, one_obs, nc_args, A), cli.repeats * 2)
+    rows.append(("NC-LQL action, one observation (20 Langevin steps)", ms_nc_act, ""))
+    ms_sampler = timed(lambda: nc_lql.sample_actions(nc_critic, batch[3], nc_args, A), cli.repeats)
+    rows.append((f"NC-LQL sampler on {B} next states (TD target)", ms_sampler, ""))
+    ms_nc = timed(lambda: nc_lql.critic_update(nc_args, batch, nc_critic, nc_target, nc_opt, sigmas, A), cli.repeats)
+    rows.append(("NC-LQL TD step + denoising step (ms = full update - sampler)", ms_nc - ms_sampler, ""))
+    rows.append(("NC-LQL full update", ms_nc, f"{1000 / ms_nc:.1f} updates/s"))
+
+    # ---- reference: SAC-sized tanh-Gaussian actor (2 x 256, ReLU) and twin critic ----
+    sac_actor = common.EnsembleMLP(1, [S], 256, 2, 2 * A, torch.nn.ReLU)
+    sac_critic = common.EnsembleMLP(2, [S, A], 256, 2, 1, torch.nn.ReLU)
+    sac_opts = [torch.optim.Adam(m.parameters(), lr=3e-4) for m in (sac_actor, sac_critic)]
+
+    def sac_act(o):
+        mean, log_std = sac_actor(o)[0].chunk(2, -1)
+        return torch.tanh(mean + log_std.clamp(-5, 2).exp() * torch.randn_like(mean))
+
+    def sac_update():
+        o, a, r, o2, d = batch
+        with torch.no_grad():
+            y = r + 0.99 * (1 - d) * sac_critic(o2, sac_act(o2)).min(0).values.squeeze(-1)
+        loss = (sac_critic(o, a).squeeze(-1) - y).pow(2).mean(1).sum()
+        sac_opts[1].zero_grad()
+        loss.backward()
+        sac_opts[1].step()
+        actor_loss = -sac_critic(o, sac_act(o)).min(0).values.mean()  # (entropy term omitted: same cost class)
+        sac_opts[0].zero_grad()
+        actor_loss.backward()
+        sac_opts[0].step()
+
+    with torch.no_grad():
+        rows.append(("reference: SAC-sized Gaussian actor, one observation", timed(lambda: sac_act(one_obs),
+                                                                                     cli.repeats * 5), ""))  # fmt: skip
+    ms_sac = timed(sac_update, cli.repeats)
+    rows.append(("reference: SAC-sized update (critic + actor)", ms_sac, f"{1000 / ms_sac:.1f} updates/s"))
 
     x, wmat = torch.randn(K * B, h), torch.randn(2, h, h)
     ms_mm = timed(lambda: torch.matmul(x.view(1, -1, h), wmat), cli.repeats)
