@@ -187,3 +187,17 @@ def test_a_som_file_is_refused(tmp_path):
     common.save_atomic({"algorithm": "som", "args": {"env_id": "Hopper-v4"}}, path)
     with pytest.raises(SystemExit):
         nc_lql.load_policy(path)
+
+
+@pytest.mark.slow
+def test_nc_lql_learns_the_bandit(tmp_path):
+    """The critic learns the two-mode reward and annealed Langevin on it lands on the high-value modes."""
+    proc = run_script("nc_lql.py", "--env-id", "MultimodalBandit-v0", "--num-envs", "1", "--learning-starts", "500",
+                      "--total-timesteps", "2500", "--batch-size", "64", "--hidden-dim", "64", "--critic-lr", "1e-3",
+                      "--eval-frequency", "2500", "--eval-episodes", "50", "--save-model", "--run-dir",
+                      str(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (model,) = list(tmp_path.glob("*/nc_lql.pt"))
+    policy, _ = nc_lql.load_policy(str(model))
+    reward = common.MultimodalBandit.reward(policy(torch.zeros(1000, 1)).numpy()).mean()
+    assert reward > 0.3, f"mean reward {reward:.3f} (uniform random: 0.056)"
