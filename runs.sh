@@ -28,24 +28,35 @@ done
 PYTHON=${PYTHON:-python}
 SEEDS=${SEEDS:-"1 2 3 4 5"}
 
+# The quick set's budgets per (script, env): what was run for the README on 2 CPU cores.
+budget() {
+  [ "$SET" = quick ] || return 0
+  case "$1/$2" in
+    som/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 15000 --log-frequency 500" ;;
+    nc_lql/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 12000 --eval-frequency 2000 --log-frequency 500" ;;
+    som/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000" ;;
+    nc_lql/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 30000 --eval-frequency 2500 --log-frequency 1000" ;;
+  esac
+}
+
 commands() {
   local som_envs="Hopper-v4 HalfCheetah-v4 Walker2d-v4 Ant-v4 Humanoid-v4"
   local nc_envs="Hopper-v4 HalfCheetah-v4 Walker2d-v4 Ant-v4 Humanoid-v4 Swimmer-v4"
   local som_extra="" nc_extra=""
   if [ "$SET" = quick ]; then
-    # CPU-sized: one env, 5k warm-up, smaller K and N for SOM's targets; see README "Results".
+    # CPU-sized (README "Results"): one env, short warm-up, K = 16 and N = 1 for SOM's TD target, lr 3e-4.
+    local cpu="--num-envs 1 --eval-episodes 10 --critic-lr 3e-4"
     som_envs="Pendulum-v1 Hopper-v4"
     nc_envs="Pendulum-v1 Hopper-v4"
-    local cpu="--num-envs 1 --learning-starts 5000 --eval-frequency 5000 --eval-episodes 10 --log-frequency 1000"
-    som_extra="$cpu --num-mc-samples 32 --num-target-candidates 1 --total-timesteps 30000"
-    nc_extra="$cpu --total-timesteps 30000"
+    som_extra="$cpu --num-mc-samples 16 --num-target-candidates 1 --actor-lr 3e-4 --eval-frequency 2500"
+    nc_extra="$cpu"
   fi
   for seed in $SEEDS; do
     if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
-      for env in $som_envs; do echo "$PYTHON som.py --env-id $env --seed $seed $som_extra"; done
+      for env in $som_envs; do echo "$PYTHON som.py --env-id $env --seed $seed $som_extra $(budget som "$env")"; done
     fi
     if [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; then
-      for env in $nc_envs; do echo "$PYTHON nc_lql.py --env-id $env --seed $seed $nc_extra"; done
+      for env in $nc_envs; do echo "$PYTHON nc_lql.py --env-id $env --seed $seed $nc_extra $(budget nc_lql "$env")"; done
     fi
   done
 }
