@@ -15,14 +15,19 @@ named in the abstract (MeanFlow actor, Boltzmann target, iDEM-style score from Q
 best-of-N) and the reported K = 100, beta in [0.1, 20], is our choice, made a flag, and listed in README.md.
 
 Our default score estimator differs from the form a third party reports (unit-normalised MC score times a constant
-w). That form, flag `--score-estimator idem --score-norm`, trains an actor that is only good through best-of-N: its
-one-step samples stay at random level, because near t = 1 the unit-normalised score is a random unit vector
-multiplied by beta(1) = 20, which the one-step map integrates into a large random kick (README, "Why the default
-is the posterior-mean score"). The default here is the posterior-mean (Tweedie) form of the same Monte-Carlo
-estimate: proposals a_0 ~ N(a_t / mu, sigma^2 / mu^2) truncated to the action box, self-normalised weights
-softmax(Q / alpha) (exact importance weights for a Boltzmann target supported on the box), and
-score = (mu E_w[a_0] - a_t) / sigma^2, which tends to -a_t at t = 1 so the velocity vanishes there as the true
-PF-ODE's does. It needs only critic forward passes (no input gradients).
+w; flags `--score-estimator idem --score-norm --q-norm batch`). Measured (README, "Why the default is the
+posterior-mean score"): that estimate's error against an exact Gaussian score is 28% at t = 0.5 and 340% at
+t = 0.7 even with K = 20,000, and an actor trained on it against the exact bandit reward puts 100% of its one-step
+(N = 1) samples on the box edge (mean reward 0.000 for w = 1, 3 and 10; uniform random actions earn 0.056). It is
+only good through best-of-N, because near t = 1 the unit-normalised score is a random unit vector multiplied by
+beta(1) = 20, which the one-step map integrates into a large random kick. The default is the posterior-mean
+(Tweedie) form of the same Monte-Carlo estimate: proposals a_0 ~ N(a_t / mu, sigma^2 / mu^2) truncated to the
+action box, self-normalised weights softmax(Q / alpha) (exact importance weights for a Boltzmann target supported
+on the box), and score = (mu E_w[a_0] - a_t) / sigma^2, which tends to -a_t at t = 1 so the velocity vanishes
+there as the true PF-ODE's does. Its error is under 1% at every t, it needs only critic forward passes, and the
+same actor probe gives one-step samples with mean reward 0.534 (72% within 0.3 of the best mode). With Q
+standardised per state, alpha = 0.1 and MeanFlow's adaptive-loss power p = 0.5 (chosen by the README's sweep), the
+one-step policy alone reaches -137 on Pendulum-v1 after 15k steps (best-of-32: -127).
 
 Run:   python som.py --env-id Hopper-v4
 Help:  python som.py --help
