@@ -101,8 +101,21 @@ def main() -> None:
     ms_sampler = timed(lambda: nc_lql.sample_actions(nc_critic, batch[3], nc_args, A), cli.repeats)
     rows.append((f"NC-LQL sampler on {B} next states (TD target)", ms_sampler, ""))
     ms_nc = timed(lambda: nc_lql.critic_update(nc_args, batch, nc_critic, nc_target, nc_opt, sigmas, A), cli.repeats)
-    rows.append(("NC-LQL TD step + denoising step (ms = full update - sampler)", ms_nc - ms_sampler, ""))
-    rows.append(("NC-LQL full update", ms_nc, f"{1000 / ms_nc:.1f} updates/s"))
+    clean, lvl = torch.tensor(9), torch.randint(0, 9, (B,))
+    with torch.no_grad():
+        y, q_bar = batch[2], nc_critic(batch[0], batch[1], clean).mean(0)
+        noised = batch[1] + sigmas[lvl].unsqueeze(-1) * torch.randn_like(batch[1])
+
+    def nc_step(loss_fn):
+        nc_opt.zero_grad()
+        loss_fn().backward()
+        nc_opt.step()
+
+    ms_td = timed(lambda: nc_step(lambda: nc_lql.td_loss(nc_critic, batch[0], batch[1], clean, y)), cli.repeats)
+    ms_dn = timed(lambda: nc_step(lambda: nc_lql.denoising_loss(nc_critic, batch[0], noised, lvl, q_bar)), cli.repeats)
+    rows.append(("NC-LQL TD step (clean level, both critics, Adam)", ms_td, ""))
+    rows.append(("NC-LQL denoising step (levels 0..L-2, both critics, Adam)", ms_dn, ""))
+    rows.append(("NC-LQL full update (sampler + targets + both steps)", ms_nc, f"{1000 / ms_nc:.1f} updates/s"))
 
     # ---- reference: SAC-sized tanh-Gaussian actor (2 x 256, ReLU) and twin critic ----
     sac_actor = common.EnsembleMLP(1, [S], 256, 2, 2 * A, torch.nn.ReLU)
