@@ -65,7 +65,7 @@ def main() -> None:
     common.require(cli.episodes > 0, f"--episodes must be positive, got {cli.episodes}.")
     policy, args = load_any(cli.model, cli.num_candidates)
     returns, lengths = common.evaluate(policy, args.env_id, cli.episodes, cli.seed, "cpu")
-    print(f"{args.env_id}: return {returns.mean():.1f} +- {returns.std():.1f} over {cli.episodes} episodes "
+    print(f"{args.env_id}: return {returns.mean():.2f} +- {returns.std():.2f} over {cli.episodes} episodes "
           f"(length {lengths.mean():.0f})")  # fmt: skip
     if cli.video:
         record_videos(policy, args.env_id, cli.episodes, cli.video, cli.seed)
