@@ -362,7 +362,7 @@ def save_atomic(payload: dict, path: str) -> None:
 
 def load_checked(path: str, algorithm: str, env_id: Optional[str] = None) -> dict:
     """Load a file written by save_atomic and check it was made by `algorithm` (and for `env_id` when given)."""
-    require(os.path.isfile(path), f"no such model file: {path!r}.")
+    require(os.path.isfile(path), f"no such file: {path!r}.")
     payload = torch.load(path, map_location="cpu", weights_only=False)
     written_by = payload.get("algorithm") if isinstance(payload, dict) else None
     require(written_by == algorithm, f"{path!r} was written by {written_by or 'something else'}, not by {algorithm}.")

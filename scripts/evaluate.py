@@ -20,7 +20,7 @@ import common  # noqa: E402
 
 
 def load_any(path: str, num_candidates: int | None):
-    common.require(os.path.isfile(path), f"no such model file: {path!r}.")
+    common.require(os.path.isfile(path), f"no such file: {path!r}.")
     algorithm = torch.load(path, map_location="cpu", weights_only=False).get("algorithm")
     if algorithm == "som":
         import som

@@ -139,7 +139,7 @@ def test_nan_stops_with_the_name_and_saves_the_last_good_state(script, loss, tmp
         (["--env-id", "Pendulum-v1", "--batch-size", "-4"], "--batch-size must be positive"),
         (["--env-id", "Pendulum-v1", "--checkpoint-frequency", "0"], "--checkpoint-frequency must be positive"),
         (["--env-id", "Pendulum-v1", "--run-dir", "/proc/no/such/place"], "cannot write the run directory"),
-        (["--env-id", "Pendulum-v1", "--resume", "/nonexistent.pt"], "no such model file"),
+        (["--env-id", "Pendulum-v1", "--resume", "/nonexistent.pt"], "no such file"),
     ],
 )
 def test_more_bad_input(script, cli, message):
