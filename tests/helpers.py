@@ -28,3 +28,11 @@ def read_scalars(run_parent: str) -> dict:
     acc = EventAccumulator(run_dir)
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def assert_one_sentence_error(proc: subprocess.CompletedProcess, message: str) -> None:
+    """A non-zero exit whose stderr has exactly one `error: ...` line containing `message`, and no traceback."""
+    assert proc.returncode != 0
+    err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1 and message in err_lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, read_scalars, run_script, script_env
+from helpers import ROOT, assert_one_sentence_error, read_scalars, run_script, script_env
 
 import common
 import som
@@ -144,9 +144,7 @@ def test_nan_stops_with_the_name_and_saves_the_last_good_state(script, loss, tmp
 )
 def test_more_bad_input(script, cli, message):
     proc = run_script(script, *cli)
-    assert proc.returncode != 0
-    err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(err_lines) == 1 and message in err_lines[0], proc.stderr[-2000:]
+    assert_one_sentence_error(proc, message)
 
 
 def test_checkpoints_from_another_script_or_env_are_refused(tmp_path):

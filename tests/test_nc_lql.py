@@ -5,7 +5,7 @@ import math
 import gymnasium as gym
 import pytest
 import torch
-from helpers import read_scalars, run_script
+from helpers import assert_one_sentence_error, read_scalars, run_script
 
 import common
 import nc_lql
@@ -176,10 +176,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
 )
 def test_bad_input_exits_with_one_sentence(cli, message):
     proc = run_script("nc_lql.py", *cli)
-    assert proc.returncode != 0
-    err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(err_lines) == 1 and message in err_lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    assert_one_sentence_error(proc, message)
 
 
 def test_a_som_file_is_refused(tmp_path):

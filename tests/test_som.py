@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from helpers import read_scalars, run_script
+from helpers import assert_one_sentence_error, read_scalars, run_script
 
 import common
 import som
@@ -297,10 +297,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
 )
 def test_bad_input_exits_with_one_sentence(cli, message):
     proc = run_script("som.py", *cli)
-    assert proc.returncode != 0
-    err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(err_lines) == 1 and message in err_lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    assert_one_sentence_error(proc, message)
 
 
 def test_loading_a_file_from_another_script_is_refused(tmp_path):
