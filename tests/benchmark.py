@@ -75,7 +75,7 @@ def main() -> None:
         return critic(o, a).mean(0)
 
     def score():
-        with common.frozen(critic):
+        with torch.no_grad():
             som.score_estimate(mean_q, batch[0], noised, t, K, args.alpha, args.beta_min, args.beta_max,
                                args.score_estimator, args.q_norm)  # fmt: skip
 

@@ -65,16 +65,23 @@ def test_best_of_n_chains_returns_the_highest_q_chain():
     critic = nc_lql.NoiseConditionedTwinCritic(3, 2, 32, 2)
     args = nc_lql.Args(num_chains=8)
     obs = torch.randn(5, 3)
-    torch.manual_seed(1)
     levels, eps = nc_lql.sampler_schedule(args)
-    with common.frozen(critic):
-        chains = nc_lql.annealed_langevin(critic, obs, 2, levels, eps, args.w, num_chains=8)
-    torch.manual_seed(1)
-    chosen = nc_lql.sample_actions(critic, obs, args, 2)
-    with torch.no_grad():
-        q = critic(obs, chains, torch.tensor(9)).min(0).values
+    noise = nc_lql.langevin_noise(8, 5, 2, len(levels), "cpu")
+    with torch.no_grad():  # the plain forward as q_fn here; sample_actions uses the chain-hoisted along_chain
+        chains = nc_lql.annealed_langevin(critic, obs, 2, levels, eps, args.w, num_chains=8, noise=noise)
+        chosen = nc_lql.sample_actions(critic, obs, args, 2, noise)
+        q = critic(obs, chains, 9).min(0).values
     torch.testing.assert_close(chosen, chains[q.argmax(0), torch.arange(5)])
-    assert all(p.requires_grad for p in critic.parameters())  # unfrozen again after sampling
+    assert all(p.grad is None for p in critic.parameters())  # the sampler takes no parameter gradients
+
+
+def test_along_chain_equals_the_critic_at_every_level():
+    torch.manual_seed(0)
+    critic = nc_lql.NoiseConditionedTwinCritic(4, 3, 32, 2)
+    obs, x = torch.randn(6, 4), torch.rand(5, 6, 3) * 2 - 1
+    q_along = critic.along_chain(obs, 10)
+    for level in (0, 4, 9):
+        torch.testing.assert_close(q_along(x, level), critic(obs, x, level))
 
 
 # -------------------------------------------------------------------------------------------------- critic
