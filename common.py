@@ -293,6 +293,13 @@ def compile_hot(fn: Callable, device: torch.device) -> Callable:
     return torch.compile(fn, dynamic=False, options=options)
 
 
+def compiled_graph_count() -> int:
+    """How many graphs torch.compile built in this process (each hot function once per input shape)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 @torch.no_grad()
 def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     """target <- (1 - tau) target + tau online, as one fused foreach call."""

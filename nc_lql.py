@@ -359,8 +359,9 @@ def load_policy(path: str, device: str = "cpu"):
     critic.load_state_dict(payload["critic"])
     critic.to(device)
 
+    @torch.no_grad()
     def policy(obs: torch.Tensor) -> torch.Tensor:
-        return sample_actions(critic, obs.to(device), args, payload["act_dim"]).detach()
+        return sample_actions(critic, obs.to(device), args, payload["act_dim"])
 
     return policy, args
 
@@ -433,8 +434,9 @@ if __name__ == "__main__":
         common.save_checkpoint(path, ALGORITHM, args, modules, optimizers, step, envs,
                                rb if args.checkpoint_buffer else None)  # fmt: skip
 
+    @torch.no_grad()
     def policy(o: torch.Tensor) -> torch.Tensor:
-        return sample_actions(critic, o, args, act_dim).detach()
+        return sample_actions(critic, o, args, act_dim)
 
     stop = common.StopSignal()
     obs, _ = envs.reset(seed=args.seed + step["global_step"])  # in-flight episodes restart after a resume
@@ -506,5 +508,7 @@ if __name__ == "__main__":
         common.save_atomic({"algorithm": ALGORITHM, "args": asdict(args), "obs_dim": obs_dim, "act_dim": act_dim,
                             "critic": critic.state_dict()}, path)  # fmt: skip
         print(f"model saved to {path}", flush=True)
+    if args.compile:
+        print(f"torch.compile built {common.compiled_graph_count()} graphs in this run", flush=True)
     envs.close()
     logger.close()

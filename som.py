@@ -683,5 +683,7 @@ if __name__ == "__main__":
         common.save_atomic({"algorithm": ALGORITHM, "args": asdict(args), "obs_dim": obs_dim, "act_dim": act_dim,
                             "actor": actor.state_dict(), "critic": critic.state_dict()}, path)  # fmt: skip
         print(f"model saved to {path}", flush=True)
+    if args.compile:
+        print(f"torch.compile built {common.compiled_graph_count()} graphs in this run", flush=True)
     envs.close()
     logger.close()
