@@ -15,6 +15,7 @@ import math
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 import warnings
@@ -132,13 +133,81 @@ if "MultimodalBandit-v0" not in gym.registry:
     gym.register("MultimodalBandit-v0", entry_point=MultimodalBandit, max_episode_steps=1)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Videos: MuJoCo renders offscreen (EGL, else OSMesa) and gymnasium's RecordVideo writes .mp4 files with MoviePy
+# --------------------------------------------------------------------------------------------------------------------
+
+NO_RENDERER_HINT = (
+    "for MuJoCo without a screen install Mesa's EGL (Debian/Ubuntu: apt-get install libegl1 libegl-mesa0 "
+    "libgl1-mesa-dri) or OSMesa (apt-get install libosmesa6), or set MUJOCO_GL to a backend that works here"
+)
+
+
+def _gl_backend_works(backend: str) -> bool:
+    """Whether MuJoCo can make an offscreen OpenGL context with `backend` ("egl" or "osmesa"). Tried in a child
+    process (about 0.3 s): a failed try would leave PyOpenGL bound to that platform in this one."""
+    probe = f"from mujoco.{backend} import GLContext\nc = GLContext(16, 16)\nc.make_current()\nc.free()"
+    env = dict(os.environ, MUJOCO_GL=backend)
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=120)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def pick_offscreen_gl() -> Optional[str]:
+    """Set MUJOCO_GL to an offscreen backend when it is unset and there is no screen (Linux without DISPLAY or
+    WAYLAND_DISPLAY): EGL if it works, else OSMesa. Returns MUJOCO_GL afterwards (None: unset).
+
+    gymnasium reads MUJOCO_GL when an env first renders, so calling this before making the rendering env is enough;
+    calling it before mujoco is imported also keeps mujoco's own default context (mujoco.GLContext) consistent."""
+    chosen = os.environ.get("MUJOCO_GL") or None
+    headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if chosen is None and headless:
+        for backend in ("egl", "osmesa"):
+            if _gl_backend_works(backend):
+                os.environ["MUJOCO_GL"] = chosen = backend
+                break
+    return chosen
+
+
+def make_video_env(env_id: str, folder: str, episode_trigger: Optional[Callable[[int], bool]] = None,
+                   name_prefix: str = "rl-video") -> gym.Env:  # fmt: skip
+    """`env_id` rendering rgb_array frames, wrapped in gymnasium's RecordVideo: `folder`/`name_prefix`-episode-K.mp4
+    for each episode K that `episode_trigger` picks (default: gymnasium's 0, 1, 8, 27, ..., 1000, 2000, ...); an
+    episode still running is written when the env is closed. Picks an offscreen backend first (pick_offscreen_gl),
+    then renders one frame, so a missing renderer or video writer stops here with one sentence, not mid-run."""
+    backend = pick_offscreen_gl()
+    try:
+        import moviepy  # noqa: F401  (RecordVideo's writer; it brings imageio-ffmpeg and its ffmpeg binary)
+    except ImportError:
+        raise UserInputError("videos need MoviePy (the video writer): pip install -r requirements.txt.") from None
+    env = None
+    try:
+        env = gym.make(env_id, render_mode="rgb_array")
+        env.reset()
+        frame = env.render()
+        require(isinstance(frame, np.ndarray), f"{env_id} rendered {type(frame).__name__}, not an image.")
+    except Exception as exc:  # noqa: BLE001 - any renderer failure gets the same one sentence
+        mujoco = env is not None and "mujoco" in type(env.unwrapped).__module__
+        if env is not None:
+            with contextlib.suppress(Exception):
+                env.close()
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        hint = f"; MUJOCO_GL={backend or '(unset)'}: {NO_RENDERER_HINT}" if mujoco else ""
+        raise UserInputError(f"could not render {env_id} ({type(exc).__name__}: {reason}){hint}.") from None
+    return gym.wrappers.RecordVideo(env, folder, episode_trigger=episode_trigger, name_prefix=name_prefix,
+                                    disable_logger=True)  # fmt: skip
+
+
 def make_env(env_id: str, seed: int, capture_video_dir: Optional[str] = None) -> Callable[[], gym.Env]:
-    """A thunk for the vector env: actions rescaled to [-1, 1], episode returns recorded (raw, unscaled)."""
+    """A thunk for the vector env: actions rescaled to [-1, 1], episode returns recorded (raw, unscaled).
+    With `capture_video_dir`, episodes 0, 1, 8, 27, ... of this env are written there (see make_video_env)."""
 
     def thunk():
         if capture_video_dir is not None:
-            env = gym.make(env_id, render_mode="rgb_array")
-            env = gym.wrappers.RecordVideo(env, capture_video_dir, disable_logger=True)
+            env = make_video_env(env_id, capture_video_dir)
         else:
             env = gym.make(env_id)
         env = gym.wrappers.RecordEpisodeStatistics(env)

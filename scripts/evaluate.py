@@ -2,7 +2,9 @@
 
 python scripts/evaluate.py runs/Hopper-v4__som__1__1700000000/som.pt --episodes 10
 python scripts/evaluate.py runs/.../som.pt --num-candidates 1          # SOM's one-step policy alone
-MUJOCO_GL=egl python scripts/evaluate.py runs/.../nc_lql.pt --video videos/   # needs an OpenGL renderer
+python scripts/evaluate.py runs/.../nc_lql.pt --episodes 3 --video videos/   # videos/<env>-episode-K.mp4
+
+Without a screen MuJoCo renders offscreen: MUJOCO_GL is set to egl (else osmesa) when unset (common.make_video_env).
 """
 
 from __future__ import annotations
@@ -32,26 +34,25 @@ def load_any(path: str, num_candidates: int | None):
     return nc_lql.load_policy(path)
 
 
-def record_videos(policy, env_id: str, episodes: int, folder: str, seed: int) -> None:
-    try:
-        env = gym.make(env_id, render_mode="rgb_array")
-        env = gym.wrappers.RecordVideo(env, folder, episode_trigger=lambda _: True, disable_logger=True)
-        unit = np.ones(env.action_space.shape, dtype=np.float32)
-        env = gym.wrappers.RescaleAction(env, -unit, unit)
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=seed + episode)
-            done = False
-            while not done:
+def record_videos(policy, env_id: str, episodes: int, folder: str, seed: int) -> list[tuple[str, float, int]]:
+    """Play `episodes` episodes (seeds seed, seed + 1, ...) and write each to `folder`/<env>-episode-K.mp4.
+    Returns (path, return, length) per episode; the video of an episode of length L has L + 1 frames."""
+    prefix = env_id.replace(":", "_").replace("/", "_")
+    env = common.make_video_env(env_id, folder, episode_trigger=lambda _: True, name_prefix=prefix)
+    unit = np.ones(env.action_space.shape, dtype=np.float32)
+    env = gym.wrappers.RescaleAction(env, -unit, unit)
+    results = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        total, length, done = 0.0, 0, False
+        while not done:
+            with torch.no_grad():
                 action = policy(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
-                obs, _, terminated, truncated, _ = env.step(action)
-                done = terminated or truncated
-        env.close()
-    except Exception as exc:  # noqa: BLE001 - any renderer failure gets the same advice
-        raise common.UserInputError(
-            f"could not render {env_id} ({type(exc).__name__}: {exc}); for MuJoCo set MUJOCO_GL=egl (GPU) or "
-            "MUJOCO_GL=osmesa (CPU, needs libosmesa) and install imageio[ffmpeg]."
-        ) from None
-    print(f"videos written to {folder}")
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total, length, done = total + float(reward), length + 1, terminated or truncated
+        results.append((os.path.join(folder, f"{prefix}-episode-{episode}.mp4"), total, length))
+    env.close()  # writes the last episode's video
+    return results
 
 
 def main() -> None:
@@ -68,7 +69,8 @@ def main() -> None:
     print(f"{args.env_id}: return {returns.mean():.2f} +- {returns.std():.2f} over {cli.episodes} episodes "
           f"(length {lengths.mean():.0f})")  # fmt: skip
     if cli.video:
-        record_videos(policy, args.env_id, cli.episodes, cli.video, cli.seed)
+        for path, total, length in record_videos(policy, args.env_id, cli.episodes, cli.video, cli.seed):
+            print(f"video {path}: return {total:.2f}, length {length}")
 
 
 if __name__ == "__main__":
