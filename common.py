@@ -68,16 +68,16 @@ def check_ranges(args, **intervals: str) -> None:
         lo, hi = float(lo_text), float(hi_text)
         value = getattr(args, name)
         inside = (lo <= value if lo_closed else lo < value) and (value <= hi if hi_closed else value < hi)
-        if inside and math.isfinite(value):
+        if inside:
             continue
-        if hi == math.inf and lo == 0.0 and not lo_closed:
+        if value == hi == math.inf:
+            what = "a finite number"
+        elif hi == math.inf and lo == 0.0 and not lo_closed:
             what = "positive"
         elif hi == math.inf:
             what = f"at least {lo_text}" if lo_closed else f"greater than {lo_text}"
         else:
             what = f"in {interval.strip()}"
-        if inside:  # inf, inside an unbounded interval
-            what = "a finite number"
         raise UserInputError(f"{_flag(name)} must be {what}, got {value}.")
 
 
