@@ -242,7 +242,9 @@ def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, num_ep
     `policy` maps a (num_episodes, obs_dim) float tensor to actions in [-1, 1]. Each sub-env plays exactly one
     episode; finished ones keep being stepped (their results ignored) until all are done.
     """
-    envs = gym.vector.SyncVectorEnv([make_env(env_id, seed + i) for i in range(num_episodes)])
+    with warnings.catch_warnings():  # a -v4 id: no "out of date" warning (see validate_env_id)
+        warnings.filterwarnings("ignore", message=_OUT_OF_DATE.pattern)
+        envs = gym.vector.SyncVectorEnv([make_env(env_id, seed + i) for i in range(num_episodes)])
     obs, _ = envs.reset(seed=seed)
     returns = np.zeros(num_episodes)
     lengths = np.zeros(num_episodes, dtype=np.int64)
