@@ -42,8 +42,7 @@ class Args:
     torch_deterministic: bool = True
     """set `torch.backends.cudnn.deterministic`"""
     cuda: bool = True
-    """train on the GPU when one is present, else on the CPU (the first lines of a run say which); --no-cuda forces
-    the CPU"""
+    """train on the GPU when there is one, else on the CPU (the first lines of a run say which); --no-cuda: the CPU"""
     track: bool = False
     """mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "nc_lql"
@@ -61,8 +60,7 @@ class Args:
     checkpoint_buffer: bool = False
     """include the replay buffer in checkpoints (up to GBs); without it a resumed run refills it from scratch"""
     resume: Optional[str] = None
-    """continue the run saved in this checkpoint (its run directory, arguments, networks, optimisers, RNG); flags
-    given with it must agree with the checkpoint, except --total-timesteps and the logging/checkpoint/device flags"""
+    """continue the run saved in this checkpoint, with its arguments (README "Long runs": what may change)"""
 
     env_id: str = "Hopper-v4"
     """the gymnasium id of a continuous-action environment"""
