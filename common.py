@@ -9,11 +9,15 @@ of different heights, the cheapest place to watch a generative policy put its ma
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
 import difflib
 import importlib
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -46,16 +50,52 @@ def require(condition: bool, message: str) -> None:
         raise UserInputError(message)
 
 
-def check_positive(args, names: list[str]) -> None:
-    """Every field in `names` of the args dataclass must be a positive number."""
-    for name in names:
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+_INTERVAL = re.compile(r"([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])")
+
+
+def check_ranges(args, **intervals: str) -> None:
+    """Each named field of the args dataclass must lie in its interval, written as in maths: "[0, 1]", "(0, 1]",
+    "(0, inf)", "[2, inf)". NaN lies in none, and inf is refused too (every flag is a finite number).
+    The message is one sentence: `--tau must be in (0, 1], got 0.0.`, `--critic-lr must be positive, got 0.0.`"""
+    for name, interval in intervals.items():
+        match = _INTERVAL.fullmatch(interval.strip())
+        if match is None:
+            raise ValueError(f"bad interval {interval!r} for {name}")
+        lo_closed, lo_text, hi_text, hi_closed = match[1] == "[", match[2], match[3], match[4] == "]"
+        lo, hi = float(lo_text), float(hi_text)
         value = getattr(args, name)
-        flag = "--" + name.replace("_", "-")
-        require(value > 0, f"{flag} must be positive, got {value}.")
+        inside = (lo <= value if lo_closed else lo < value) and (value <= hi if hi_closed else value < hi)
+        if inside:
+            continue
+        if value == hi == math.inf:
+            what = "a finite number"
+        elif hi == math.inf and lo == 0.0 and not lo_closed:
+            what = "positive"
+        elif hi == math.inf:
+            what = f"at least {lo_text}" if lo_closed else f"greater than {lo_text}"
+        else:
+            what = f"in {interval.strip()}"
+        raise UserInputError(f"{_flag(name)} must be {what}, got {value}.")
+
+
+def check_positive(args, names: list[str]) -> None:
+    """Every field in `names` of the args dataclass must be a positive (finite) number."""
+    check_ranges(args, **{name: "(0, inf)" for name in names})
+
+
+# gymnasium warns that an older id (Hopper-v4) "is out of date", once per gym.make and in colour.
+_OUT_OF_DATE = re.compile(r".*The environment \S+ is out of date")
 
 
 def validate_env_id(env_id: str) -> None:
-    """The env id must be registered and have a bounded continuous (Box) action space."""
+    """The env id must be registered and have a bounded continuous (Box) action space.
+
+    gymnasium's "out of date" warning for an older version (the papers' MuJoCo -v4 ids) becomes one plain note,
+    printed here once; the warning is then silenced for the rest of the process."""
     name = env_id
     if ":" in env_id:  # "module:Env-v0": the module registers Env-v0 when imported
         module, name = env_id.split(":", 1)
@@ -67,9 +107,20 @@ def validate_env_id(env_id: str) -> None:
         close = difflib.get_close_matches(name, list(gym.registry.keys()), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UserInputError(f"unknown environment id {env_id!r}.{hint}")
-    env = gym.make(env_id)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env = gym.make(env_id)
     space = env.action_space
     env.close()
+    for warning in caught:
+        if _OUT_OF_DATE.match(str(warning.message)):  # once here, then silenced for the rest of the run
+            newer = re.search(r"version `(v\d+)`", str(warning.message))
+            print(f"note: {env_id} is not the newest version of this environment (gymnasium suggests "
+                  f"{newer[1] if newer else 'a newer one'}); the papers' protocol uses the MuJoCo -v4 ids on purpose.",
+                  flush=True)  # fmt: skip
+            warnings.filterwarnings("ignore", message=_OUT_OF_DATE.pattern)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     require(
         isinstance(space, gym.spaces.Box),
         f"{env_id} has a {type(space).__name__} action space; this algorithm needs continuous (Box) actions.",
@@ -80,11 +131,16 @@ def validate_env_id(env_id: str) -> None:
     )
 
 
-def pick_device(cuda: bool) -> torch.device:
-    """CUDA when asked and present; asked but absent falls back to the CPU with a warning (documented choice)."""
-    if cuda and not torch.cuda.is_available():
-        warnings.warn("--cuda was given but no CUDA device is available; running on the CPU.", stacklevel=2)
-    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+def pick_device(cuda: bool = True) -> torch.device:
+    """The GPU when `cuda` is set (the default) and one is present, else the CPU; prints `device: ...` with the
+    reason, so the first lines of a run say where it trains."""
+    if cuda and torch.cuda.is_available():
+        device = torch.device("cuda")
+        print(f"device: cuda ({torch.cuda.get_device_name(device)})", flush=True)
+    else:
+        device = torch.device("cpu")
+        print(f"device: cpu ({'no CUDA device found' if cuda else '--no-cuda'})", flush=True)
+    return device
 
 
 def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
@@ -255,7 +311,9 @@ def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, num_ep
     `policy` maps a (num_episodes, obs_dim) float tensor to actions in [-1, 1]. Each sub-env plays exactly one
     episode; finished ones keep being stepped (their results ignored) until all are done.
     """
-    envs = gym.vector.SyncVectorEnv([make_env(env_id, seed + i) for i in range(num_episodes)])
+    with warnings.catch_warnings():  # a -v4 id: no "out of date" warning (see validate_env_id)
+        warnings.filterwarnings("ignore", message=_OUT_OF_DATE.pattern)
+        envs = gym.vector.SyncVectorEnv([make_env(env_id, seed + i) for i in range(num_episodes)])
     obs, _ = envs.reset(seed=seed)
     returns = np.zeros(num_episodes)
     lengths = np.zeros(num_episodes, dtype=np.int64)
@@ -388,6 +446,7 @@ class Logger:
         """`resume_step`: continue a run's event file, dropping anything logged after that step."""
         from torch.utils.tensorboard import SummaryWriter
 
+        created = not os.path.isdir(run_dir)
         try:
             os.makedirs(run_dir, exist_ok=True)
             probe = os.path.join(run_dir, ".write_test")
@@ -396,17 +455,13 @@ class Logger:
         except OSError as exc:
             raise UserInputError(f"cannot write the run directory {run_dir!r} ({exc.strerror}).") from None
         if track:
-            import wandb
-
-            wandb.init(
-                project=project,
-                entity=entity,
-                sync_tensorboard=True,
-                config=vars(args),
-                name=os.path.basename(run_dir),
-                save_code=True,
-                resume="allow" if resume_step is not None else None,
-            )
+            try:
+                start_wandb(run_dir, args, project, entity, resume_step is not None)
+            except UserInputError:
+                if created:  # leave nothing behind for a run that never started
+                    with contextlib.suppress(OSError):
+                        os.rmdir(run_dir)
+                raise
         self.run_dir = run_dir
         self.last_values: dict = {}  # the last value logged under each tag, for error messages
         self.writer = SummaryWriter(run_dir, purge_step=resume_step)
@@ -432,26 +487,135 @@ class Logger:
             sys.modules["wandb"].finish()
 
 
+def start_wandb(run_dir: str, args, project: str, entity: Optional[str], resuming: bool) -> None:
+    """wandb.init mirroring the TensorBoard files. Any failure (no wandb, no login, no network) is one sentence that
+    says how to log offline: WANDB_MODE=offline writes the run under ./wandb/, `wandb sync` uploads it later."""
+    offline = "log offline with WANDB_MODE=offline (upload later with `wandb sync wandb/offline-run-*`)"
+    try:
+        import wandb
+    except ImportError:
+        raise UserInputError("--track needs the wandb package: pip install -r requirements.txt.") from None
+    try:
+        wandb.init(
+            project=project,
+            entity=entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=os.path.basename(run_dir),
+            save_code=True,
+            resume="allow" if resuming else None,
+        )
+    except Exception as exc:  # noqa: BLE001 - wandb raises many kinds (UsageError, CommError, timeouts)
+        reason = re.split(r"(?<=\.)\s", " ".join(str(exc).split("\n")[0].split()))[0] or type(exc).__name__
+        with contextlib.suppress(Exception):
+            wandb.finish(exit_code=1, quiet=True)
+        raise UserInputError(f"--track could not start Weights and Biases ({reason.rstrip('.')}): run `wandb login`, "
+                             f"or {offline}.") from None  # fmt: skip
+
+
 def run_name_for(env_id: str, exp_name: str, seed: int) -> str:
     return f"{env_id.replace(':', '_').replace('/', '_')}__{exp_name}__{seed}__{int(time.time())}"
 
 
 class Progress:
-    """A console line every `every` seconds: step, steps per second, last return, ETA."""
+    """The console progress of a run, in two phases: the warm-up (uniform random actions, steps < learning_starts)
+    and training, each with its own rate and ETA.
 
-    def __init__(self, total_steps: int, every: float = 10.0):
-        self.total, self.every = total_steps, every
-        self.start = self.last = time.time()
+    On a terminal it is a tqdm bar per phase, redrawn at most every `redraw` seconds. Anywhere else (a log file,
+    Slurm's output, a pipe) it prints one plain line every `every` seconds and one when a phase ends, never a redraw.
+    Shown: steps, steps per second over the last `window` seconds of the current phase (the fast warm-up and the
+    steps done before a --resume never count), the phase's ETA at that rate, updates done and the last return.
+    `write` prints a message without breaking the bar; `close` ends it.
+    """
 
-    def update(self, step: int, last_return: Optional[float]) -> None:
-        now = time.time()
-        if now - self.last < self.every:
-            return
-        self.last = now
-        sps = step / max(now - self.start, 1e-9)
-        eta = (self.total - step) / max(sps, 1e-9)
-        ret = "n/a" if last_return is None else f"{last_return:.1f}"
-        print(f"step {step:>9}/{self.total}  SPS {sps:6.0f}  last return {ret:>8}  ETA {eta / 60:6.1f} min", flush=True)
+    def __init__(self, total_steps: int, learning_starts: int, start_step: int = 0, *, window: float = 30.0,
+                 every: float = 60.0, redraw: float = 0.5, stream=None, clock=time.monotonic):  # fmt: skip
+        self.total, self.learning_starts = total_steps, learning_starts
+        self.window, self.every, self.redraw = window, every, redraw
+        self.stream = stream if stream is not None else sys.stdout
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.clock = clock
+        self.updates, self.last_return, self.bar = 0, None, None
+        self._begin_phase(start_step, clock())
+
+    def _begin_phase(self, step: int, now: float) -> None:
+        self.step, self.now = step, now
+        self.warmup = step < self.learning_starts
+        self.phase = "warm-up" if self.warmup else "training"
+        self.phase_total = self.learning_starts if self.warmup else self.total
+        self.samples = collections.deque([(now, step)])  # (time, step) at least 0.25 s apart: the rate's window
+        self.phase_start, self.last_output = (now, step), now
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.phase_total, initial=step, desc=self.phase, file=self.stream, leave=True,
+                            dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}"
+                            "{postfix}")  # fmt: skip
+
+    def rate(self) -> Optional[float]:
+        """Steps per second over the last `window` seconds of this phase; None during its first second."""
+        t0, s0 = self.samples[0]
+        return (self.step - s0) / (self.now - t0) if self.now - t0 >= 1.0 else None
+
+    def stats(self) -> str:
+        from tqdm import tqdm
+
+        rate = self.rate()
+        speed = "? steps/s" if rate is None else f"{rate:.1f} steps/s" if rate < 100 else f"{rate:.0f} steps/s"
+        eta = tqdm.format_interval(max(self.phase_total - self.step, 0) / rate) if rate else "?"
+        ret = "n/a" if self.last_return is None else f"{self.last_return:.1f}"
+        return f"{speed}, ETA {eta}, {self.updates} updates, last return {ret}"
+
+    def line(self) -> str:
+        pct = 100.0 * self.step / max(self.phase_total, 1)
+        return f"{self.phase} {self.step}/{self.phase_total} ({pct:.0f}%): {self.stats()}"
+
+    def update(self, step: int, updates: int = 0, last_return: Optional[float] = None) -> None:
+        now = self.clock()
+        self.updates, self.last_return = updates, last_return
+        if self.warmup and step >= self.learning_starts:
+            self._end_phase(min(step, self.learning_starts), now)
+            self._begin_phase(step, now)
+        self.step, self.now = step, now
+        if now - self.samples[-1][0] >= 0.25:
+            self.samples.append((now, step))
+            while len(self.samples) > 2 and self.samples[1][0] <= now - self.window:
+                self.samples.popleft()
+        if now - self.last_output >= (self.redraw if self.bar is not None else self.every):
+            self.last_output = now
+            self._show()
+
+    def _show(self) -> None:
+        if self.bar is not None:
+            self.bar.n = min(self.step, self.phase_total)
+            self.bar.set_postfix_str(self.stats(), refresh=False)
+            self.bar.refresh()
+        else:
+            print(self.line(), file=self.stream, flush=True)
+
+    def _end_phase(self, step: int, now: float) -> None:
+        from tqdm import tqdm
+
+        self.step, self.now = step, now
+        self._show()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        t0, s0 = self.phase_start
+        print(f"{self.phase}: {step - s0} steps in {tqdm.format_interval(now - t0)}", file=self.stream, flush=True)
+
+    def write(self, message: str) -> None:
+        """Print a line (an evaluation result, ...) above the bar, or plainly when there is none."""
+        if self.bar is not None:
+            self.bar.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """Show the final state and the phase's summary line; safe to call more than once."""
+        if self.phase is not None:
+            self._end_phase(self.step, self.clock())
+            self.phase = None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -572,10 +736,32 @@ def load_checkpoint(path: str, algorithm: str, env_id: str, modules: dict, optim
     return payload["counters"]
 
 
-def resume_args(args, path: str, algorithm: str):
-    """The saved run's arguments, except `total_timesteps` (may be raised) and `resume`. The env id given on the
-    command line must be the checkpoint's."""
-    payload = load_checked(path, algorithm, args.env_id)
-    saved = dict(payload["args"])
-    saved.update(total_timesteps=args.total_timesteps, resume=args.resume)
-    return type(args)(**saved)
+# What --resume may change; any other flag given with --resume must agree with the checkpoint.
+RESUME_MAY_CHANGE = (
+    "resume", "total_timesteps", "cuda", "compile", "track", "wandb_project_name", "wandb_entity", "save_model",
+    "checkpoint_frequency", "checkpoint_buffer", "eval_frequency", "eval_episodes", "log_frequency",
+)  # fmt: skip
+
+
+def resume_args(args, path: str, algorithm: str, cli: Optional[list[str]] = None):
+    """`--resume PATH` alone continues the run: every argument comes from the checkpoint. The command line `cli`
+    (default: sys.argv[1:]) is parsed again with the checkpoint's arguments as the defaults, so a flag given
+    explicitly overrides them; only the flags in RESUME_MAY_CHANGE may differ, any other that contradicts the
+    checkpoint (another --env-id, --gamma, ...) is refused in one sentence."""
+    import tyro
+
+    payload = load_checked(path, algorithm)
+    require("counters" in payload, f"{path!r} is a saved model, not a checkpoint; pass runs/<run>/checkpoint.pt.")
+    fields = [f.name for f in dataclasses.fields(args)]
+    saved = type(args)(**{k: v for k, v in payload["args"].items() if k in fields})  # fields added since: defaults
+    merged = tyro.cli(type(args), args=sys.argv[1:] if cli is None else cli, default=saved)
+    for name in fields:
+        given, kept = getattr(merged, name), getattr(saved, name)
+        if name in RESUME_MAY_CHANGE or given == kept:
+            continue
+        if name == "env_id":
+            raise UserInputError(f"{path!r} was trained on {kept}, not {given}; leave out --env-id to continue it.")
+        may = ", ".join(_flag(n) for n in RESUME_MAY_CHANGE if n in fields and n != "resume")
+        raise UserInputError(f"{_flag(name)} {given} contradicts {path!r}, which was trained with {kept}; "
+                             f"leave it out (on --resume only {may} may change).")  # fmt: skip
+    return merged

@@ -41,11 +41,10 @@ class Args:
     """seed of the experiment (python, numpy, torch, envs)"""
     torch_deterministic: bool = True
     """set `torch.backends.cudnn.deterministic`"""
-    cuda: bool = False
-    """run on CUDA; without a CUDA device this falls back to the CPU with a warning"""
+    cuda: bool = True
+    """train on the GPU when there is one, else on the CPU (the first lines of a run say which); --no-cuda: the CPU"""
     compile: bool = False
-    """torch.compile the hot paths (acting, the TD target, the losses with their backward): the same math, several
-    times faster once compiled (tens of seconds per graph on 2 CPU cores; README, Speed); with CUDA also CUDA graphs"""
+    """torch.compile the hot paths: the same math, several times faster after tens of seconds of compiling per graph"""
     track: bool = False
     """mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "nc_lql"
@@ -63,7 +62,7 @@ class Args:
     checkpoint_buffer: bool = False
     """include the replay buffer in checkpoints (up to GBs); without it a resumed run refills it from scratch"""
     resume: Optional[str] = None
-    """continue the run saved in this checkpoint (its run directory, arguments, networks, optimisers, RNG)"""
+    """continue the run saved in this checkpoint, with its arguments (README "Long runs": what may change)"""
 
     env_id: str = "Hopper-v4"
     """the gymnasium id of a continuous-action environment"""
@@ -367,10 +366,13 @@ def load_policy(path: str, device: str = "cpu"):
 
 
 def validate(args: Args) -> None:
+    """Every numeric flag in its valid range, then the env id; anything else stops with one sentence (exit status 2)."""
     common.check_positive(args, ["total_timesteps", "num_envs", "learning_starts", "buffer_size", "batch_size",
-                                 "num_levels", "steps_per_level", "num_chains", "eval_frequency", "eval_episodes",
-                                 "log_frequency", "checkpoint_frequency", "sigma_max", "sigma_min", "step_lr",
-                                 "lql_steps", "lql_step_size"])  # fmt: skip
+                                 "critic_lr", "reward_scale", "hidden_dim", "num_hidden", "eval_frequency",
+                                 "eval_episodes", "log_frequency", "checkpoint_frequency", "num_levels", "sigma_max",
+                                 "sigma_min", "steps_per_level", "step_lr", "w", "num_chains", "lql_steps",
+                                 "lql_step_size"])  # fmt: skip
+    common.check_ranges(args, seed="[0, 4294967295]", gamma="[0, 1]", tau="(0, 1]")
     common.require(
         args.batch_size <= args.learning_starts,
         f"--batch-size ({args.batch_size}) must not exceed --learning-starts ({args.learning_starts}).",
@@ -378,6 +380,8 @@ def validate(args: Args) -> None:
     common.require(args.sigma_min < args.sigma_max,
                    f"--sigma-min ({args.sigma_min}) must be below --sigma-max ({args.sigma_max}).")  # fmt: skip
     common.require(args.lql or args.num_levels >= 2, "NC-LQL needs --num-levels of at least 2 (or use --lql).")
+    common.require(args.buffer_size >= args.num_envs,
+                   f"--buffer-size ({args.buffer_size}) must be at least --num-envs ({args.num_envs}).")  # fmt: skip
     common.validate_env_id(args.env_id)
 
 
@@ -389,9 +393,9 @@ if __name__ == "__main__":
     import tyro
 
     args = tyro.cli(Args)
-    validate(args)
-    if args.resume:
+    if args.resume:  # the checkpoint's arguments, with the flags that may change taken from the command line
         args = common.resume_args(args, args.resume, ALGORITHM)
+    validate(args)
     if args.lql:
         args.num_levels = 1
     if args.resume:  # continue in the checkpoint's run directory
@@ -440,7 +444,7 @@ if __name__ == "__main__":
 
     stop = common.StopSignal()
     obs, _ = envs.reset(seed=args.seed + step["global_step"])  # in-flight episodes restart after a resume
-    progress = common.Progress(args.total_timesteps)
+    progress = common.Progress(args.total_timesteps, args.learning_starts, start_step=step["global_step"])
     start_time, start_step, last_return, update_info = time.time(), step["global_step"], None, {}
     try:
         while step["global_step"] < args.total_timesteps:
@@ -472,7 +476,7 @@ if __name__ == "__main__":
                 step["next_log"] += args.log_frequency
                 sps = int((global_step - start_step) / (time.time() - start_time))
                 logger.scalars({**update_info, "charts/SPS": sps, "charts/updates": step["updates"]}, global_step)
-            progress.update(global_step, last_return)
+            progress.update(global_step, step["updates"], last_return)
 
             # ---- evaluate with the same stochastic sampler ----
             finished = global_step >= args.total_timesteps
@@ -482,7 +486,7 @@ if __name__ == "__main__":
                                              args.seed + 1_000_000 + global_step, device)  # fmt: skip
                 logger.scalars({"eval/episodic_return": returns.mean(), "eval/episodic_return_std": returns.std()},
                                global_step)  # fmt: skip
-                print(f"eval at {global_step}: {returns.mean():.1f} +- {returns.std():.1f}", flush=True)
+                progress.write(f"eval at {global_step}: {returns.mean():.1f} +- {returns.std():.1f}")
 
             # ---- checkpoint: periodically, and on SIGINT / SIGTERM ----
             if global_step >= step["next_checkpoint"]:
@@ -490,10 +494,11 @@ if __name__ == "__main__":
                 write_checkpoint(checkpoint_path)
             if stop.name is not None:
                 write_checkpoint(checkpoint_path)
-                print(f"{stop.name} received: stopped at step {global_step}, checkpoint written to {checkpoint_path} "
-                      f"(continue with --resume {checkpoint_path})", flush=True)  # fmt: skip
+                progress.write(f"{stop.name} received: stopped at step {global_step}, checkpoint written to "
+                               f"{checkpoint_path} (continue with --resume {checkpoint_path})")  # fmt: skip
                 break
     except common.NonFiniteError as err:
+        progress.close()
         last_good = os.path.join(run_dir, "last_good_checkpoint.pt")
         write_checkpoint(last_good)
         value, at = logger.last_values.get(err.name, (None, None))
@@ -503,6 +508,7 @@ if __name__ == "__main__":
         raise SystemExit(f"error: {err.name} became NaN or inf at step {step['global_step']} ({last}); the last "
                          f"good state is saved in {last_good}.") from None  # fmt: skip
 
+    progress.close()
     if args.save_model:
         path = os.path.join(run_dir, f"{args.exp_name}.pt")
         common.save_atomic({"algorithm": ALGORITHM, "args": asdict(args), "obs_dim": obs_dim, "act_dim": act_dim,

@@ -58,11 +58,10 @@ class Args:
     """seed of the experiment (python, numpy, torch, envs)"""
     torch_deterministic: bool = True
     """set `torch.backends.cudnn.deterministic`"""
-    cuda: bool = False
-    """run on CUDA; without a CUDA device this falls back to the CPU with a warning"""
+    cuda: bool = True
+    """train on the GPU when there is one, else on the CPU (the first lines of a run say which); --no-cuda: the CPU"""
     compile: bool = False
-    """torch.compile the hot paths (acting, the TD target, the losses with their backward): the same math, several
-    times faster once compiled (tens of seconds per graph on 2 CPU cores; README, Speed); with CUDA also CUDA graphs"""
+    """torch.compile the hot paths: the same math, several times faster after tens of seconds of compiling per graph"""
     track: bool = False
     """mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "som"
@@ -80,7 +79,7 @@ class Args:
     checkpoint_buffer: bool = False
     """include the replay buffer in checkpoints (up to GBs); without it a resumed run refills it from scratch"""
     resume: Optional[str] = None
-    """continue the run saved in this checkpoint (its run directory, arguments, networks, optimisers, RNG)"""
+    """continue the run saved in this checkpoint, with its arguments (README "Long runs": what may change)"""
 
     env_id: str = "Hopper-v4"
     """the gymnasium id of a continuous-action environment"""
@@ -524,17 +523,24 @@ def load_policy(path: str, num_candidates: Optional[int] = None, device: str = "
 
 
 def validate(args: Args) -> None:
+    """Every numeric flag in its valid range, then the env id; anything else stops with one sentence (exit status 2)."""
     common.check_positive(args, ["total_timesteps", "num_envs", "learning_starts", "buffer_size", "batch_size",
-                                 "num_mc_samples", "num_candidates", "eval_frequency", "eval_episodes",
-                                 "log_frequency", "checkpoint_frequency", "alpha"])  # fmt: skip
-    common.require(args.num_target_candidates is None or args.num_target_candidates > 0,
-                   f"--num-target-candidates must be positive, got {args.num_target_candidates}.")  # fmt: skip
+                                 "actor_lr", "critic_lr", "reward_scale", "hidden_dim", "num_hidden", "eval_frequency",
+                                 "eval_episodes", "log_frequency", "checkpoint_frequency", "num_mc_samples",
+                                 "beta_max", "alpha", "w", "num_candidates"])  # fmt: skip
+    common.check_ranges(args, seed="[0, 4294967295]", gamma="[0, 1]", tau="(0, 1]", num_mc_samples="[2, inf)",
+                        beta_min="[0, inf)", t_min="(0, 0.5)", flow_matching_fraction="[0, 1]",
+                        adaptive_power="[0, inf)", exploration_noise="[0, inf)")  # fmt: skip
+    if args.num_target_candidates is not None:
+        common.check_positive(args, ["num_target_candidates"])
     common.require(
         args.batch_size <= args.learning_starts,
         f"--batch-size ({args.batch_size}) must not exceed --learning-starts ({args.learning_starts}).",
     )
-    common.require(0.0 < args.t_min < 0.5, f"--t-min must be in (0, 0.5), got {args.t_min}.")
-    common.require(0.0 <= args.flow_matching_fraction <= 1.0, "--flow-matching-fraction must be in [0, 1].")
+    common.require(args.beta_min < args.beta_max,
+                   f"--beta-min ({args.beta_min}) must be below --beta-max ({args.beta_max}).")  # fmt: skip
+    common.require(args.buffer_size >= args.num_envs,
+                   f"--buffer-size ({args.buffer_size}) must be at least --num-envs ({args.num_envs}).")  # fmt: skip
     common.validate_env_id(args.env_id)
 
 
@@ -546,9 +552,9 @@ if __name__ == "__main__":
     import tyro
 
     args = tyro.cli(Args)
-    validate(args)
-    if args.resume:
+    if args.resume:  # the checkpoint's arguments, with the flags that may change taken from the command line
         args = common.resume_args(args, args.resume, ALGORITHM)
+    validate(args)
     if args.num_target_candidates is None:
         args.num_target_candidates = args.num_candidates
     if args.resume:  # continue in the checkpoint's run directory
@@ -601,7 +607,7 @@ if __name__ == "__main__":
 
     stop = common.StopSignal()
     obs, _ = envs.reset(seed=args.seed + step["global_step"])  # in-flight episodes restart after a resume
-    progress = common.Progress(args.total_timesteps)
+    progress = common.Progress(args.total_timesteps, args.learning_starts, start_step=step["global_step"])
     start_time, start_step, last_return, update_info = time.time(), step["global_step"], None, {}
     try:
         while step["global_step"] < args.total_timesteps:
@@ -643,7 +649,7 @@ if __name__ == "__main__":
                 bounds = step["bound_hits"] / max(step["acting_steps"], 1)
                 logger.scalars({**update_info, "charts/action_bound_fraction": bounds, "charts/SPS": sps,
                                 "charts/updates": step["updates"]}, global_step)  # fmt: skip
-            progress.update(global_step, last_return)
+            progress.update(global_step, step["updates"], last_return)
 
             # ---- evaluate: best-of-N (the protocol) and N = 1 (the one-step actor on its own) ----
             if global_step >= step["next_eval"] or (
@@ -656,8 +662,8 @@ if __name__ == "__main__":
                 returns_1, _ = common.evaluate(policy_for(1), args.env_id, args.eval_episodes, eval_seed, device)
                 logger.scalars({"eval/episodic_return": returns_n.mean(), "eval/episodic_return_std": returns_n.std(),
                                 "eval/episodic_return_n1": returns_1.mean()}, global_step)  # fmt: skip
-                print(f"eval at {global_step}: best-of-{args.num_candidates} {returns_n.mean():.1f} +- "
-                      f"{returns_n.std():.1f}, N=1 {returns_1.mean():.1f}", flush=True)  # fmt: skip
+                progress.write(f"eval at {global_step}: best-of-{args.num_candidates} {returns_n.mean():.1f} +- "
+                               f"{returns_n.std():.1f}, N=1 {returns_1.mean():.1f}")  # fmt: skip
 
             # ---- checkpoint: periodically, and on SIGINT / SIGTERM ----
             if global_step >= step["next_checkpoint"]:
@@ -665,10 +671,11 @@ if __name__ == "__main__":
                 write_checkpoint(checkpoint_path)
             if stop.name is not None:
                 write_checkpoint(checkpoint_path)
-                print(f"{stop.name} received: stopped at step {global_step}, checkpoint written to {checkpoint_path} "
-                      f"(continue with --resume {checkpoint_path})", flush=True)  # fmt: skip
+                progress.write(f"{stop.name} received: stopped at step {global_step}, checkpoint written to "
+                               f"{checkpoint_path} (continue with --resume {checkpoint_path})")  # fmt: skip
                 break
     except common.NonFiniteError as err:
+        progress.close()
         last_good = os.path.join(run_dir, "last_good_checkpoint.pt")
         write_checkpoint(last_good)
         value, at = logger.last_values.get(err.name, (None, None))
@@ -678,6 +685,7 @@ if __name__ == "__main__":
         raise SystemExit(f"error: {err.name} became NaN or inf at step {step['global_step']} ({last}); the last "
                          f"good state is saved in {last_good}.") from None  # fmt: skip
 
+    progress.close()
     if args.save_model:
         path = os.path.join(run_dir, f"{args.exp_name}.pt")
         common.save_atomic({"algorithm": ALGORITHM, "args": asdict(args), "obs_dim": obs_dim, "act_dim": act_dim,
