@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Literal, Optional
 
@@ -608,7 +607,7 @@ if __name__ == "__main__":
     stop = common.StopSignal()
     obs, _ = envs.reset(seed=args.seed + step["global_step"])  # in-flight episodes restart after a resume
     progress = common.Progress(args.total_timesteps, args.learning_starts, start_step=step["global_step"])
-    start_time, start_step, last_return, update_info = time.time(), step["global_step"], None, {}
+    last_return, update_info = None, {}
     try:
         while step["global_step"] < args.total_timesteps:
             global_step = step["global_step"]
@@ -645,7 +644,7 @@ if __name__ == "__main__":
             # ---- log ----
             if global_step >= step["next_log"]:
                 step["next_log"] += args.log_frequency
-                sps = int((global_step - start_step) / (time.time() - start_time))
+                sps = progress.rate() or 0.0  # steps/s over the last 30 s of this phase (warm-up or training)
                 bounds = step["bound_hits"] / max(step["acting_steps"], 1)
                 logger.scalars({**update_info, "charts/action_bound_fraction": bounds, "charts/SPS": sps,
                                 "charts/updates": step["updates"]}, global_step)  # fmt: skip
