@@ -1,0 +1,181 @@
+"""The --compile path computes the same math as the eager functions, on the same inputs with the same randomness,
+and a compiled run is deterministic, saves a model and checkpoints that load and resume in either mode.
+
+Randomness: the NC-LQL sampler takes its draws as an argument (`langevin_noise`); elsewhere inductor's
+`fallback_random` makes compiled code draw from torch's generator exactly as eager code does. Compiling costs tens
+of seconds per graph on 2 CPU cores, so the networks are small and the samplers short; the math is the same.
+"""
+
+import copy
+import glob
+import os
+
+import pytest
+import torch
+import torch._inductor.config as inductor_config
+from helpers import read_scalars, run_script
+
+import common
+import nc_lql
+import som
+
+CPU = torch.device("cpu")
+
+
+def compiled(fn):
+    return common.compile_hot(fn, CPU)
+
+
+@pytest.fixture
+def same_randomness():
+    """Compiled code draws its random numbers from torch's generator, in eager's order."""
+    with inductor_config.patch(fallback_random=True):
+        yield
+
+
+def assert_params_close(a: torch.nn.Module, b: torch.nn.Module, tol: float = 1e-4) -> None:
+    """Within a tenth of one Adam step (lr 1e-3): float rounding differs between the kernels, a formula would not."""
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=tol, rtol=tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_mish_with_one_exp_equals_torch_mish_and_its_gradient():
+    x = torch.linspace(-40.0, 40.0, 40_001, dtype=torch.float32)
+    mish = common.Mish()
+    torch.testing.assert_close(compiled(mish)(x), torch.nn.functional.mish(x), atol=2e-6, rtol=1e-6)
+    grad_of = lambda f: torch.func.grad(lambda v: f(v).sum())  # noqa: E731
+    torch.testing.assert_close(compiled(grad_of(mish))(x), grad_of(torch.nn.functional.mish)(x), atol=1e-5, rtol=1e-5)
+
+
+def test_nc_lql_sampler_compiled_equals_eager_on_the_same_draws():
+    torch.manual_seed(0)
+    critic = nc_lql.NoiseConditionedTwinCritic(5, 3, 64, 2)
+    args = nc_lql.Args(num_levels=4, steps_per_level=2, num_chains=3)
+    obs = torch.randn(7, 5)
+    noise = nc_lql.langevin_noise(3, 7, 3, 8, "cpu")
+    with torch.no_grad():
+        eager = nc_lql.sample_actions(critic, obs, args, 3, noise)
+        fast = compiled(nc_lql.sample_actions)(critic, obs, args, 3, noise)
+    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(eager, noise[0][0])  # the chains moved
+
+
+def test_som_acting_and_score_estimate_compiled_equal_eager(same_randomness):
+    torch.manual_seed(0)
+    args = som.Args(hidden_dim=64, num_hidden=2, num_mc_samples=16)
+    actor, critic = som.build_networks(args, 5, 3, CPU)
+    obs = torch.randn(6, 5)
+    act = compiled(som.sample_actions)
+    with torch.no_grad():
+        for n in (1, 8):
+            torch.manual_seed(n)
+            eager = som.sample_actions(actor, critic, obs, n)
+            torch.manual_seed(n)
+            torch.testing.assert_close(act(actor, critic, obs, n), eager, atol=1e-5, rtol=1e-5)
+
+        noised, t = torch.randn(6, 3), torch.rand(6, 1) * 0.9 + 0.05
+
+        def score(o, a, t_):
+            return som.score_estimate(lambda s, x: critic(s, x).mean(0), o, a, t_, args.num_mc_samples, args.alpha,
+                                      args.beta_min, args.beta_max)[0]  # fmt: skip
+
+        torch.manual_seed(3)
+        eager = score(obs, noised, t)
+        torch.manual_seed(3)
+        torch.testing.assert_close(compiled(score)(obs, noised, t), eager, atol=1e-4, rtol=1e-4)
+
+
+def _batch(obs_dim: int, act_dim: int, size: int = 32):
+    g = torch.Generator().manual_seed(5)
+    return (torch.randn(size, obs_dim, generator=g), torch.rand(size, act_dim, generator=g) * 2 - 1,
+            torch.randn(size, generator=g), torch.randn(size, obs_dim, generator=g),
+            (torch.rand(size, generator=g) < 0.1).float())  # fmt: skip
+
+
+def _updated(module, hot: dict, monkeypatch, update, *args):
+    """update(*args) once with the module's hot functions replaced by `hot` (name -> function), from seed 7."""
+    with monkeypatch.context() as patch:
+        for name, fn in hot.items():
+            patch.setattr(module, name, fn)
+        torch.manual_seed(7)
+        return update(*args)
+
+
+def assert_infos_close(fast: dict, eager: dict) -> None:
+    for key in eager:
+        torch.testing.assert_close(fast[key], eager[key], atol=1e-4, rtol=1e-4, msg=lambda m, key=key: f"{key}: {m}")
+
+
+def test_nc_lql_full_update_compiled_equals_eager(monkeypatch, same_randomness):
+    torch.manual_seed(0)
+    args = nc_lql.Args(num_levels=3, steps_per_level=1, batch_size=32)
+    critic, target = nc_lql.NoiseConditionedTwinCritic(5, 3, 64, 2), nc_lql.NoiseConditionedTwinCritic(5, 3, 64, 2)
+    sigmas = torch.tensor(nc_lql.noise_schedule(3, args.sigma_max, args.sigma_min))
+    batch = _batch(5, 3)
+    results = []
+    for hot in ({}, {n: compiled(getattr(nc_lql, n)) for n in ("update_targets", "td_loss", "denoising_loss")}):
+        c, t = copy.deepcopy(critic), copy.deepcopy(target)
+        opt = torch.optim.Adam(c.parameters(), lr=1e-3)
+        results.append((c, _updated(nc_lql, hot, monkeypatch, nc_lql.critic_update, args, batch, c, t, opt, sigmas, 3)))
+    (eager, eager_info), (fast, fast_info) = results
+    assert_params_close(fast, eager)
+    assert not torch.equal(eager.q.weights[0], critic.q.weights[0])  # the update moved the critics
+    assert_infos_close(fast_info, eager_info)
+
+
+def _som_update(args, batch, actor, critic, critic_target, actor_opt, critic_opt) -> dict:
+    info = som.critic_update(args, batch, actor, critic, critic_target, critic_opt)
+    return {**info, **som.actor_update(args, batch, actor, critic, actor_opt)}
+
+
+def test_som_full_update_compiled_equals_eager(monkeypatch, same_randomness):
+    torch.manual_seed(0)
+    args = som.Args(hidden_dim=64, num_hidden=2, num_mc_samples=16, num_candidates=4, num_target_candidates=4)
+    actor, critic = som.build_networks(args, 5, 3, CPU)
+    target = copy.deepcopy(critic)
+    batch = _batch(5, 3)
+    results = []
+    hot_names = ("sample_actions", "bootstrap_target", "critic_loss", "actor_loss")
+    for hot in ({}, {n: compiled(getattr(som, n)) for n in hot_names}):
+        a, c, t = copy.deepcopy(actor), copy.deepcopy(critic), copy.deepcopy(target)
+        a_opt, c_opt = torch.optim.Adam(a.parameters(), lr=1e-3), torch.optim.Adam(c.parameters(), lr=1e-3)
+
+        results.append((a, c, _updated(som, hot, monkeypatch, _som_update, args, batch, a, c, t, a_opt, c_opt)))
+    (a_eager, c_eager, eager_info), (a_fast, c_fast, fast_info) = results
+    assert_params_close(c_fast, c_eager)
+    assert_params_close(a_fast, a_eager)
+    assert_infos_close(fast_info, eager_info)
+
+
+# ---------------------------------------------------------------------------------------------- whole runs, --compile
+
+TINY = ["--env-id", "Pendulum-v1", "--num-envs", "2", "--learning-starts", "100", "--batch-size", "32",
+        "--eval-frequency", "100", "--eval-episodes", "3", "--log-frequency", "50", "--hidden-dim", "32",
+        "--no-cuda"]  # fmt: skip
+SCRIPT_TINY = {"som.py": ["--num-mc-samples", "8", "--num-candidates", "4"],
+               "nc_lql.py": ["--num-levels", "3", "--steps-per-level", "1"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("script", ["som.py", "nc_lql.py"])
+def test_compiled_run_is_deterministic_saves_and_resumes_in_eager_mode(script, tmp_path):
+    cli = [*TINY, *SCRIPT_TINY[script], "--total-timesteps", "200", "--checkpoint-frequency", "100", "--save-model"]
+    evals = []
+    for name in ("a", "b"):  # the same seed twice, compiled: identical results (the second run hits inductor's cache)
+        proc = run_script(script, *cli, "--compile", "--run-dir", str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        # acting (2 envs), evaluation (3 episodes; SOM: N and N = 1) and the update's hot functions, once each
+        expected = {"som.py": 6, "nc_lql.py": 5}[script]
+        assert f"torch.compile built {expected} graphs" in proc.stdout, proc.stdout[-2000:]
+        evals.append([v for _, v in read_scalars(str(tmp_path / name))["eval/episodic_return"]])
+    assert len(evals[0]) == 2 and evals[0] == evals[1]
+
+    # the compiled run's checkpoint continues eagerly, and its saved model loads in plain PyTorch
+    (checkpoint,) = glob.glob(str(tmp_path / "a" / "*" / "checkpoint.pt"))
+    proc = run_script(script, "--resume", checkpoint, "--total-timesteps", "300", "--no-compile")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [s for s, _ in read_scalars(str(tmp_path / "a"))["eval/episodic_return"]]
+    assert steps[-1] == 300
+    (model,) = glob.glob(str(tmp_path / "a" / "*" / f"{os.path.splitext(script)[0]}.pt"))
+    policy, _ = (som if script == "som.py" else nc_lql).load_policy(model)
+    actions = policy(torch.zeros(3, 3))
+    assert actions.shape == (3, 1) and actions.abs().max() <= 1.0
