@@ -1,15 +1,24 @@
-"""Speed of SOM and NC-LQL on this machine: ms per action, ms per update split by part, GFLOP/s, and the same for
-a SAC-sized Gaussian actor (two hidden layers of 256) with its twin critic as a point of reference.
+"""Speed of SOM and NC-LQL on this machine, eager and `--compile` side by side.
+
+Prints markdown tables: ms per action (one observation; NC-LQL also the training rollout's 5), ms per update split
+by phase with each phase's achieved GFLOP/s (matmul FLOPs only) next to a plain matmul's rate in the same run, the
+FLOP floor of each update at that rate, the compile time of each compiled function (its first call), and the
+end-to-end training steps per second of a short Hopper-v4 run at the scripts' defaults in both modes.
 
 Usage: python tests/benchmark.py [--obs-dim 17 --act-dim 6 --batch-size 256 --num-mc-samples 100 --repeats 10]
-Prints a markdown table. Defaults are HalfCheetah-v4's dimensions and the paper protocol's batch, K and N.
+       [--no-end-to-end]
+Defaults: HalfCheetah-v4's dimensions, the protocol's batch, K = 100 and N = 32. It takes about 15 minutes on 2 CPU
+cores, most of it compiling and the end-to-end runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -18,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import nc_lql  # noqa: E402
 import som  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def timed(fn, repeats: int) -> float:
@@ -33,9 +44,47 @@ def timed(fn, repeats: int) -> float:
     return 1000.0 * times[len(times) // 2]
 
 
+def first_call_seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def mlp_flops(rows: int, sizes: list[int]) -> float:
-    """Forward FLOPs of an MLP (2 per multiply-add) on `rows` inputs."""
+    """Forward matmul FLOPs of an MLP (2 per multiply-add) on `rows` inputs."""
     return 2.0 * rows * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+class Table:
+    def __init__(self, matmul_gflops: float):
+        self.rows, self.matmul = [], matmul_gflops
+
+    def add(self, name: str, eager_ms: float, compiled_ms: float, gflop: float = 0.0) -> None:
+        rate = lambda ms: f"{gflop / ms * 1e3:.0f}" if gflop else ""  # noqa: E731
+        floor = f"{gflop / self.matmul * 1e3:.1f}" if gflop else ""
+        self.rows.append(f"| {name} | {eager_ms:.2f} | {compiled_ms:.2f} | {eager_ms / compiled_ms:.1f}x | "
+                         f"{rate(eager_ms)} | {rate(compiled_ms)} | {floor} |")  # fmt: skip
+
+    def print(self) -> None:
+        print("| what | eager ms | compiled ms | speed-up | eager GFLOP/s | compiled GFLOP/s | FLOP floor ms |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("\n".join(self.rows))
+
+
+def end_to_end(script: str, compiled: bool, training_steps: int) -> float:
+    """Training steps/s of `python script --env-id Hopper-v4` at the defaults (30,000 warm-up transitions, 5 envs),
+    over the last 30 s of its training phase (charts/SPS at the last log; compiling happens before that window)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with tempfile.TemporaryDirectory() as runs:
+        cmd = [sys.executable, os.path.join(ROOT, script), "--env-id", "Hopper-v4", "--no-cuda", "--run-dir", runs,
+               "--total-timesteps", str(30_000 + training_steps), "--log-frequency", "500",
+               "--eval-episodes", "1", "--compile" if compiled else "--no-compile"]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True, cwd=runs)
+        (run_dir,) = glob.glob(os.path.join(runs, "*"))
+        acc = EventAccumulator(run_dir)
+        acc.Reload()
+        return acc.Scalars("charts/SPS")[-1].value
 
 
 def main() -> None:
@@ -45,116 +94,163 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--num-mc-samples", type=int, default=100)
     p.add_argument("--num-candidates", type=int, default=32)
-    p.add_argument("--activation", default="mish")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True)
     cli = p.parse_args()
+    cpu = torch.device("cpu")
     torch.manual_seed(0)
-    S, A, B, K = cli.obs_dim, cli.act_dim, cli.batch_size, cli.num_mc_samples
-    args = som.Args(batch_size=B, num_mc_samples=K, num_candidates=cli.num_candidates, activation=cli.activation)
-    args.num_target_candidates = args.num_candidates
-    actor, critic = som.build_networks(args, S, A, "cpu")
-    critic_target = som.build_networks(args, S, A, "cpu")[1]
+    S, A, B, K, N = cli.obs_dim, cli.act_dim, cli.batch_size, cli.num_mc_samples, cli.num_candidates
+    h, reps = 256, cli.repeats
+    compile_s = {}
+
+    def both(name, fn, hot: dict, module, repeats: int) -> tuple[float, float]:
+        """(eager ms, compiled ms) of fn(); `hot` names the module's functions to swap for compiled ones."""
+        eager = timed(fn, repeats)
+        originals = {n: getattr(module, n) for n in hot}
+        for n in hot:
+            setattr(module, n, common.compile_hot(originals[n], cpu))
+        try:
+            compile_s[name] = first_call_seconds(fn)
+            fast = timed(fn, repeats)
+        finally:
+            for n, f in originals.items():
+                setattr(module, n, f)
+        return eager, fast
+
+    x, wmat = torch.randn(K * B, h), torch.randn(2, h, h)
+    ms_mm = timed(lambda: torch.matmul(x.view(1, -1, h), wmat), reps)
+    matmul_gflops = 2 * 2 * K * B * h * h / ms_mm / 1e6
+    table = Table(matmul_gflops)
+
+    # ---------------------------------------------------------------------------------------------------- SOM
+    args = som.Args(batch_size=B, num_mc_samples=K, num_candidates=N, num_target_candidates=N)
+    actor, critic = som.build_networks(args, S, A, cpu)
+    critic_target = som.build_networks(args, S, A, cpu)[1]
     actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-4)
     critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-4)
     batch = (torch.randn(B, S), torch.rand(B, A) * 2 - 1, torch.randn(B), torch.randn(B, S), torch.zeros(B))
-    rows = []
-
+    actor_sizes = [A + 32, h, h, h, A]  # the state's share is computed once per state, not per candidate
+    critic_sizes = [A, h, h, h, 1]
     one_obs = torch.randn(1, S)
-    for n in (1, args.num_candidates):
+    for n in (1, N):
         with torch.no_grad():
-            ms = timed(lambda n=n: som.sample_actions(actor, critic, one_obs, n), cli.repeats * 5)
-        rows.append((f"SOM action, one observation, N = {n}", ms, ""))
+            e, c = both(f"som act N={n}", lambda n=n: som.sample_actions(actor, critic, one_obs, n),
+                        {"sample_actions": 1}, som, reps * 10)  # fmt: skip
+        table.add(f"SOM action, one observation, N = {n}", e, c)
 
-    ms_critic = timed(lambda: som.critic_update(args, batch, actor, critic, critic_target, critic_opt), cli.repeats)
-    rows.append((f"SOM critic update (TD target with best-of-{args.num_candidates})", ms_critic, ""))
+    # next-action candidates: actor and both critics on N x B rows; the target critics on B rows; states once each
+    flops_target = (
+        mlp_flops(N * B, actor_sizes)
+        + 2 * mlp_flops(N * B, critic_sizes)
+        + 2 * mlp_flops(B, [S + A] + critic_sizes[1:])
+    )
+    flops_target += mlp_flops(B, [S, h]) * 3
+    with torch.no_grad():
+        e, c = both("som td target", lambda: som.bootstrap_target(args, batch, actor, critic, critic_target),
+                    {"sample_actions": 1, "bootstrap_target": 1}, som, reps)  # fmt: skip
+    table.add(f"SOM TD target (best-of-{N} next action, target critics)", e, c, flops_target / 1e9)
 
-    t = torch.rand(B, 1) * 0.998 + 0.001
-    noised = torch.randn(B, A)
+    def critic_step():
+        loss, _ = som.critic_loss(critic, batch[0], batch[1], batch[2])
+        critic_opt.zero_grad()
+        loss.backward()
+        critic_opt.step()
 
-    def mean_q(o, a):
-        return critic(o, a).mean(0)
+    flops_critic_step = 3 * 2 * mlp_flops(B, [S + A] + critic_sizes[1:])
+    e, c = both("som critic step", critic_step, {"critic_loss": 1}, som, reps)
+    table.add("SOM critic step (TD loss, backward, Adam)", e, c, flops_critic_step / 1e9)
+
+    t_rand, noised = torch.rand(B, 1) * 0.998 + 0.001, torch.randn(B, A)
 
     def score():
         with torch.no_grad():
-            som.score_estimate(mean_q, batch[0], noised, t, K, args.alpha, args.beta_min, args.beta_max,
-                               args.score_estimator, args.q_norm)  # fmt: skip
+            som.score_estimate(lambda o, a: critic(o, a).mean(0), batch[0], noised, t_rand, K, args.alpha,
+                               args.beta_min, args.beta_max)  # fmt: skip
 
-    ms_score = timed(score, cli.repeats)
-    h, L = args.hidden_dim, args.num_hidden
-    score_flops = 2 * mlp_flops(K * B, [A] + [h] * L + [1]) + 2 * mlp_flops(B, [S, h])  # 2 critics; obs once
-    rows.append((f"SOM score estimate (K = {K}, {K * B} rows x 2 critics)", ms_score,
-                 f"{score_flops / ms_score / 1e6:.1f} GFLOP/s"))  # fmt: skip
-    ms_actor = timed(lambda: som.actor_update(args, batch, actor, critic, actor_opt), cli.repeats)
-    rows.append(("SOM actor update (score estimate + MeanFlow loss + step)", ms_actor, ""))
-    rows.append(
-        ("SOM full update (critic + actor)", ms_critic + ms_actor, f"{1000 / (ms_critic + ms_actor):.1f} updates/s")
-    )
+    flops_score = 2 * mlp_flops(K * B, critic_sizes) + 2 * mlp_flops(B, [S, h])
+    e, c = both("som score estimate", score, {"score_estimate": 1}, som, reps)
+    table.add(f"SOM score estimate (K = {K}, {K * B} rows x 2 critics)", e, c, flops_score / 1e9)
 
-    # ---- NC-LQL ----
+    def actor_step():
+        loss, _ = som.actor_loss(args, batch, actor, critic)
+        actor_opt.zero_grad()
+        loss.backward()
+        actor_opt.step()
+
+    # u with its backward (3 forward passes) and the JVP (about 2 forward passes) on B rows, plus the score estimate
+    flops_actor_step = flops_score + 5 * mlp_flops(B, [S + A + 32] + actor_sizes[1:])
+    e, c = both("som actor step", actor_step, {"actor_loss": 1}, som, reps)
+    table.add("SOM actor step (score estimate, MeanFlow loss with JVP, backward, Adam)", e, c, flops_actor_step / 1e9)
+
+    def som_update():
+        som.critic_update(args, batch, actor, critic, critic_target, critic_opt)
+        som.actor_update(args, batch, actor, critic, actor_opt)
+
+    flops_som = flops_target + flops_critic_step + flops_actor_step
+    hot = {"sample_actions": 1, "bootstrap_target": 1, "critic_loss": 1, "actor_loss": 1}
+    e, c = both("som update", som_update, hot, som, reps)
+    table.add("**SOM full update** (critic + actor)", e, c, flops_som / 1e9)
+
+    # ---------------------------------------------------------------------------------------------------- NC-LQL
     nc_args = nc_lql.Args(batch_size=B)
     nc_critic = nc_lql.NoiseConditionedTwinCritic(S, A)
     nc_target = nc_lql.NoiseConditionedTwinCritic(S, A)
     nc_opt = torch.optim.Adam(nc_critic.parameters(), lr=1e-4)
     sigmas = torch.tensor(nc_lql.noise_schedule(10, 0.1, 0.001))
-    ms_nc_act = timed(lambda: nc_lql.sample_actions(nc_critic, one_obs, nc_args, A), cli.repeats * 2)
-    rows.append(("NC-LQL action, one observation (20 Langevin steps)", ms_nc_act, ""))
-    ms_sampler = timed(lambda: nc_lql.sample_actions(nc_critic, batch[3], nc_args, A), cli.repeats)
-    rows.append((f"NC-LQL sampler on {B} next states (TD target)", ms_sampler, ""))
-    ms_nc = timed(lambda: nc_lql.critic_update(nc_args, batch, nc_critic, nc_target, nc_opt, sigmas, A), cli.repeats)
-    clean, lvl = torch.tensor(9), torch.randint(0, 9, (B,))
+    steps = nc_args.num_levels * nc_args.steps_per_level
+    # one Langevin step per row: both critics' forward on the action's share and the hidden layers, and the same
+    # matrices again for the input gradient
+    step_flops = 2 * 2 * mlp_flops(1, critic_sizes)
+    for rows in (1, 5):
+        obs = torch.randn(rows, S)
+        with torch.no_grad():
+            e, c = both(f"nc act {rows}", lambda obs=obs: nc_lql.sample_actions(nc_critic, obs, nc_args, A),
+                        {"sample_actions": 1}, nc_lql, reps * (5 if rows == 1 else 2))  # fmt: skip
+        what = "one observation" if rows == 1 else f"{rows} observations (the training rollout)"
+        table.add(f"NC-LQL action, {what}, {steps} Langevin steps", e, c, rows * steps * step_flops / 1e9)
+
+    full_critic = [S + A + 16] + critic_sizes[1:]
+    flops_targets = B * steps * step_flops + 2 * 2 * mlp_flops(B, full_critic)
     with torch.no_grad():
-        y, q_bar = batch[2], nc_critic(batch[0], batch[1], clean).mean(0)
-        noised = batch[1] + sigmas[lvl].unsqueeze(-1) * torch.randn_like(batch[1])
+        e, c = both("nc targets", lambda: nc_lql.update_targets(nc_args, batch, nc_critic, nc_target, sigmas, A),
+                    {"sample_actions": 1, "update_targets": 1}, nc_lql, reps)  # fmt: skip
+    table.add(f"NC-LQL targets (sampler on {B} next states, target and online critics)", e, c, flops_targets / 1e9)
+    with torch.no_grad():
+        y, q_bar, lvl, noised_nc = nc_lql.update_targets(nc_args, batch, nc_critic, nc_target, sigmas, A)
 
     def nc_step(loss_fn):
         nc_opt.zero_grad()
         loss_fn().backward()
         nc_opt.step()
 
-    ms_td = timed(lambda: nc_step(lambda: nc_lql.td_loss(nc_critic, batch[0], batch[1], clean, y)), cli.repeats)
-    ms_dn = timed(lambda: nc_step(lambda: nc_lql.denoising_loss(nc_critic, batch[0], noised, lvl, q_bar)), cli.repeats)
-    rows.append(("NC-LQL TD step (clean level, both critics, Adam)", ms_td, ""))
-    rows.append(("NC-LQL denoising step (levels 0..L-2, both critics, Adam)", ms_dn, ""))
-    rows.append(("NC-LQL full update (sampler + targets + both steps)", ms_nc, f"{1000 / ms_nc:.1f} updates/s"))
+    flops_step = 3 * 2 * mlp_flops(B, full_critic)
+    e, c = both("nc td step", lambda: nc_step(lambda: nc_lql.td_loss(nc_critic, batch[0], batch[1], 9, y)),
+                {"td_loss": 1}, nc_lql, reps)  # fmt: skip
+    table.add("NC-LQL TD step (clean level, backward, Adam)", e, c, flops_step / 1e9)
+    dn_loss = lambda: nc_lql.denoising_loss(nc_critic, batch[0], noised_nc, lvl, q_bar)  # noqa: E731
+    e, c = both("nc dn step", lambda: nc_step(dn_loss), {"denoising_loss": 1}, nc_lql, reps)
+    table.add("NC-LQL denoising step (levels 0..L-2, backward, Adam)", e, c, flops_step / 1e9)
+    hot = {"sample_actions": 1, "update_targets": 1, "td_loss": 1, "denoising_loss": 1}
+    e, c = both("nc update", lambda: nc_lql.critic_update(nc_args, batch, nc_critic, nc_target, nc_opt, sigmas, A),
+                hot, nc_lql, reps)  # fmt: skip
+    table.add("**NC-LQL full update** (targets + both steps)", e, c, (flops_targets + 2 * flops_step) / 1e9)
 
-    # ---- reference: SAC-sized tanh-Gaussian actor (2 x 256, ReLU) and twin critic ----
-    sac_actor = common.EnsembleMLP(1, [S], 256, 2, 2 * A, torch.nn.ReLU)
-    sac_critic = common.EnsembleMLP(2, [S, A], 256, 2, 1, torch.nn.ReLU)
-    sac_opts = [torch.optim.Adam(m.parameters(), lr=3e-4) for m in (sac_actor, sac_critic)]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, obs {S}, act {A}, batch {B}, K {K}, N {N}; "
+          f"median of {reps} calls (actions: more) after 2 warm-up calls")  # fmt: skip
+    print(f"plain matmul (2 x {K * B} x {h} x {h}): {ms_mm:.2f} ms = {matmul_gflops:.1f} GFLOP/s, the rate the FLOP "
+          "floors use\n")  # fmt: skip
+    table.print()
+    print("\ncompile time of each compiled function (its first call, seconds):")
+    print(", ".join(f"{k} {v:.0f}" for k, v in compile_s.items()))
 
-    def sac_act(o):
-        mean, log_std = sac_actor(o)[0].chunk(2, -1)
-        return torch.tanh(mean + log_std.clamp(-5, 2).exp() * torch.randn_like(mean))
-
-    def sac_update():
-        o, a, r, o2, d = batch
-        with torch.no_grad():
-            y = r + 0.99 * (1 - d) * sac_critic(o2, sac_act(o2)).min(0).values.squeeze(-1)
-        loss = (sac_critic(o, a).squeeze(-1) - y).pow(2).mean(1).sum()
-        sac_opts[1].zero_grad()
-        loss.backward()
-        sac_opts[1].step()
-        actor_loss = -sac_critic(o, sac_act(o)).min(0).values.mean()  # (entropy term omitted: same cost class)
-        sac_opts[0].zero_grad()
-        actor_loss.backward()
-        sac_opts[0].step()
-
-    with torch.no_grad():
-        rows.append(("reference: SAC-sized Gaussian actor, one observation", timed(lambda: sac_act(one_obs),
-                                                                                     cli.repeats * 5), ""))  # fmt: skip
-    ms_sac = timed(sac_update, cli.repeats)
-    rows.append(("reference: SAC-sized update (critic + actor)", ms_sac, f"{1000 / ms_sac:.1f} updates/s"))
-
-    x, wmat = torch.randn(K * B, h), torch.randn(2, h, h)
-    ms_mm = timed(lambda: torch.matmul(x.view(1, -1, h), wmat), cli.repeats)
-    rows.append((f"reference: plain matmul (2 x {K * B} x {h} x {h})", ms_mm,
-                 f"{2 * 2 * K * B * h * h / ms_mm / 1e6:.1f} GFLOP/s"))  # fmt: skip
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, obs {S}, act {A}, batch {B}, "
-          f"activation {cli.activation}")  # fmt: skip
-    print("| what | ms | rate |\n|---|---:|---|")
-    for name, ms, rate in rows:
-        print(f"| {name} | {ms:.2f} | {rate} |")
+    if cli.end_to_end:
+        print("\nend-to-end, Hopper-v4 at the defaults (5 envs, 30,000 warm-up transitions), training steps/s over "
+              "the last 30 s of a short run:")  # fmt: skip
+        print("| script | eager | --compile | speed-up |\n|---|---:|---:|---:|")
+        for script, (eager_steps, compiled_steps) in (("som.py", (1000, 2000)), ("nc_lql.py", (2000, 5000))):
+            e = end_to_end(script, False, eager_steps)
+            c = end_to_end(script, True, compiled_steps)
+            print(f"| {script} | {e:.1f} | {c:.1f} | {c / e:.1f}x |", flush=True)
 
 
 if __name__ == "__main__":
