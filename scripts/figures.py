@@ -5,6 +5,9 @@
         also get their N = 1 curve (eval/episodic_return_n1) dashed
     python scripts/figures.py bandit --som runs/.../som.pt --nc-lql runs/.../nc_lql.pt --out docs/bandit.png
         MultimodalBandit-v0's reward landscape with 500 actions from SOM (N = 1 and N = 32) and NC-LQL
+    python scripts/figures.py release RUN_DIR [RUN_DIR ...] --out docs/release.png
+        Hopper-v4 eval returns against post-warm-up steps (steps - 30,000), beside the authors' NC-LQL release run
+        on this machine type (its 40 evaluation means, ../shared/reference_numbers.md)
 
 RUN_DIR is a folder of run directories (runs/ by default, named {env}__{exp_name}__{seed}__{time}) or one run.
 """
@@ -81,6 +84,36 @@ def plot_curves(paths: list[str], out: str) -> None:
     print(f"wrote {out}")
 
 
+# The authors' NC-LQL release, Hopper-v4, its defaults, seed 100: evaluation means (20 episodes) every 1,500
+# post-warm-up env steps, measured on this project's machine type (../shared/reference_numbers.md).
+RELEASE_HOPPER = [38.9, 43.3, 43.0, 71.9, 149.7, 96.0, 186.2, 180.9, 203.8, 271.0, 219.4, 310.2, 341.2, 283.8, 349.7,
+                  401.9, 362.6, 309.3, 387.5, 305.7, 292.6, 289.0, 317.4, 328.1, 380.6, 285.4, 304.9, 324.2, 294.0,
+                  323.4, 313.5, 320.7, 323.2, 310.8, 368.5, 316.5, 372.1, 393.0, 398.6, 324.3]  # fmt: skip
+
+
+def plot_release(paths: list[str], out: str, warmup: int = 30_000) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    release_steps = 1500 * np.arange(1, len(RELEASE_HOPPER) + 1)
+    ax.plot(release_steps, RELEASE_HOPPER, "k-", lw=1, label="authors' NC-LQL release (JAX), seed 100")
+    for (_env, exp), runs in sorted(find_runs(paths).items()):
+        for run in runs:
+            seed = os.path.basename(run).split("__")[2]
+            for tag, style in (("eval/episodic_return", "o-"), ("eval/episodic_return_n1", "s--")):
+                steps, values = read_tag(run, tag)
+                keep = steps > warmup
+                if keep.any():
+                    label = f"{exp}, seed {seed}" + (", N = 1" if tag.endswith("n1") else "")
+                    ax.plot(steps[keep] - warmup, values[keep], style, ms=4, label=label)
+    ax.set_xlabel("post-warm-up environment steps (transitions - 30,000)")
+    ax.set_ylabel("eval return (20 episodes)")
+    ax.set_title("Hopper-v4, the protocol's defaults")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
 def plot_bandit(som_path: str, nc_path: str | None, out: str, num: int = 500) -> None:
     import nc_lql
     import som
@@ -121,9 +154,14 @@ def main() -> None:
     b.add_argument("--som", required=True)
     b.add_argument("--nc-lql", default=None)
     b.add_argument("--out", default="docs/bandit.png")
+    r = sub.add_parser("release")
+    r.add_argument("paths", nargs="+")
+    r.add_argument("--out", default="docs/release.png")
     args = p.parse_args()
     if args.what == "curves":
         plot_curves(args.paths, args.out)
+    elif args.what == "release":
+        plot_release(args.paths, args.out)
     else:
         plot_bandit(args.som, args.nc_lql, args.out)
 
