@@ -142,9 +142,15 @@ class Args:
     """N for the next action a' of the TD target (default: --num-candidates)"""
     flow_matching_fraction: float = 0.25
     """[decided] fraction of the actor batch with r = t (plain flow matching)"""
+    distill_rows: int = 0
+    """[ours] rows per actor update on which u(s, eps, 0, 1) is also regressed onto the actor's own multi-step flow"""
+    distill_steps: int = 8
+    """[ours] MeanFlow steps of that multi-step flow"""
     time_sampler: Literal["uniform", "logit_normal", "r_zero"] = "uniform"
     """[decided] uniform: t ~ U[t_min, 1 - t_min], r ~ U[0, t]; logit_normal: MeanFlow's (-0.4, 1.0), sorted;
     r_zero: t uniform, r = 0 (only the averages that one-step sampling uses, u(s, a, 0, t))"""
+    actor_points: Literal["replay", "policy", "boltzmann"] = "replay"
+    """[decided] actions noised to t for the actor's fit: replay, the policy's one-step samples, or Boltzmann draws"""
     adaptive_power: float = 0.5
     """p of MeanFlow's adaptive loss weight 1 / (err + 1e-3)^p; 0 = plain squared error"""
     t_min: float = 1e-3
@@ -328,6 +334,17 @@ def score_estimate(
     return score.detach(), {"score_norm": score.norm(dim=-1).mean(), "softmax_ess": ess}
 
 
+def boltzmann_resample(q_fn, obs: torch.Tensor, act_dim: int, num_samples: int, alpha: float, q_norm: str):
+    """One approximate draw of pi*(a|s) ~ exp(Q(s, a) / alpha) per state: K uniform proposals in the box, one kept
+    with probability softmax_k(Qn_k / alpha) (sampling-importance-resampling; the Gumbel-max trick, no host sync).
+    obs (B, S) -> (B, A)."""
+    proposals = torch.rand(num_samples, obs.shape[0], act_dim, device=obs.device) * 2.0 - 1.0
+    q_normed, _ = normalise_q(q_fn(obs, proposals), q_norm)
+    gumbel = -torch.log(-torch.log(torch.rand_like(q_normed).clamp_min(1e-20)))
+    chosen = (q_normed / alpha + gumbel).argmax(dim=0)  # (B,)
+    return proposals[chosen, torch.arange(obs.shape[0], device=obs.device)]
+
+
 # ====================================================================================================================
 # 2. Target velocity: the probability-flow ODE of the VP diffusion
 # ====================================================================================================================
@@ -392,8 +409,12 @@ def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_power: flo
     u_target, du_dt = meanflow_target(actor, obs, noised_action, r, t, velocity)
     sq_err = (u - u_target).pow(2).mean(-1)
     loss = (sq_err / (sq_err.detach() + adaptive_eps).pow(adaptive_power)).mean()
-    return loss, {"du_dt_norm": du_dt.norm(dim=-1).mean(), "target_norm": u_target.norm(dim=-1).mean(),
-                  "meanflow_mse": sq_err.mean()}  # fmt: skip
+    info = {"du_dt_norm": du_dt.norm(dim=-1).mean(), "target_norm": u_target.norm(dim=-1).mean(),
+            "meanflow_mse": sq_err.mean()}  # fmt: skip
+    for low, high in ((0.0, 0.33), (0.33, 0.67), (0.67, 1.0)):  # where along the flow the fit is off
+        in_range = ((t >= low) & (t < high)).squeeze(-1).float()
+        info[f"meanflow_mse_t{low:.2f}-{high:.2f}"] = (sq_err.detach() * in_range).sum() / in_range.sum().clamp_min(1)
+    return loss, info
 
 
 # ====================================================================================================================
@@ -406,6 +427,29 @@ def one_step_sample(actor: MeanFlowActor, obs: torch.Tensor, num_candidates: int
     noise = torch.randn(num_candidates, obs.shape[0], actor.act_dim, device=obs.device)
     ones = torch.ones(1, 1, device=obs.device)
     return (noise - actor(obs, noise, 0.0 * ones, ones)).clamp(-1.0, 1.0)
+
+
+def integrate_flow(actor: MeanFlowActor, obs: torch.Tensor, noise: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """The actor's flow from noise (t = 1) to an action (t = 0) in `num_steps` MeanFlow steps of equal length,
+    z_r = z_t - (t - r) u(s, z_t, r, t). num_steps = 1 is one-step sampling (before the clip). obs (B, S) -> (B, A)."""
+    z, times = noise, torch.linspace(1.0, 0.0, num_steps + 1, device=obs.device)
+    for t, r in zip(times[:-1], times[1:]):
+        z = z - (t - r) * actor(obs, z, r.view(1, 1), t.view(1, 1))
+    return z
+
+
+def multi_step_sample(actor: MeanFlowActor, obs: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """The same flow in `num_steps` steps: close to the ODE the actor is trained on, so it shows what one step
+    loses. obs (B, S) -> (B, A) in the box."""
+    noise = torch.randn(obs.shape[0], actor.act_dim, device=obs.device)
+    return integrate_flow(actor, obs, noise, num_steps).clamp(-1.0, 1.0)
+
+
+def one_step_q_gap(actor: MeanFlowActor, critic: TwinCritic, obs: torch.Tensor, num_steps: int = 20) -> torch.Tensor:
+    """mean Q(s, 20-step sample) - mean Q(s, one-step sample) under the current critics (mean of both): > 0 when the
+    one-step shortcut lands on worse actions than the flow it was fitted to. A diagnostic, logged every log interval."""
+    multi = critic(obs, multi_step_sample(actor, obs, num_steps)).mean()
+    return multi - critic(obs, one_step_sample(actor, obs, 1)[0]).mean()
 
 
 def sample_actions(actor: MeanFlowActor, critic: TwinCritic, obs: torch.Tensor, num_candidates: int) -> torch.Tensor:
@@ -462,14 +506,28 @@ def actor_loss(args: Args, batch, actor, critic) -> tuple[torch.Tensor, dict]:
     Only u(s, a_t, r, t) carries a gradient (to the actor's parameters)."""
     obs, actions = batch[0], batch[1]
     with torch.no_grad():
+        if args.actor_points == "policy":  # the current policy's own samples: where its flow actually runs
+            actions = one_step_sample(actor, obs, 1)[0]
+        elif args.actor_points == "boltzmann":  # approximate draws of pi* itself: the data the flow should carry
+            actions = boltzmann_resample(lambda o, a: critic(o, a).mean(dim=0), obs, actions.shape[-1],
+                                         args.num_mc_samples, args.alpha, args.q_norm)  # fmt: skip
         r, t = sample_time_pair(len(obs), args.t_min, args.flow_matching_fraction, args.time_sampler, obs.device)
         mu, sigma = vp_mu_sigma(t, args.beta_min, args.beta_max)
-        noised = mu * actions + sigma * torch.randn_like(actions)  # the replay action, noised to time t
+        noised = mu * actions + sigma * torch.randn_like(actions)  # the training point: an action noised to time t
         score, score_info = score_estimate(lambda o, a: critic(o, a).mean(dim=0), obs, noised, t, args.num_mc_samples,
                                            args.alpha, args.beta_min, args.beta_max, args.score_estimator,
                                            args.q_norm, args.clip_proposals)  # fmt: skip
         velocity = target_velocity(noised, score, t, args.w, args.beta_min, args.beta_max, args.score_norm)
     loss, flow_info = meanflow_loss(actor, obs, noised, r, t, velocity, args.adaptive_power)
+    if args.distill_rows > 0:  # one step regressed onto the actor's own multi-step flow from the same noise
+        rows = obs[: args.distill_rows]
+        noise = torch.randn(len(rows), actions.shape[-1], device=obs.device)
+        with torch.no_grad():
+            shortcut = noise - integrate_flow(actor, rows, noise, args.distill_steps)  # u over [0, 1] it implies
+        ones = torch.ones(1, 1, device=obs.device)
+        sq_err = (actor(rows, noise, 0.0 * ones, ones) - shortcut).pow(2).mean(-1)
+        loss = loss + (sq_err / (sq_err.detach() + 1e-3).pow(args.adaptive_power)).mean()
+        flow_info["one_step_distill_mse"] = sq_err.detach().mean()
     return loss, {f"losses/{k}": v for k, v in {**score_info, **flow_info}.items()}
 
 
@@ -529,7 +587,8 @@ def validate(args: Args) -> None:
                                  "beta_max", "alpha", "w", "num_candidates"])  # fmt: skip
     common.check_ranges(args, seed="[0, 4294967295]", gamma="[0, 1]", tau="(0, 1]", num_mc_samples="[2, inf)",
                         beta_min="[0, inf)", t_min="(0, 0.5)", flow_matching_fraction="[0, 1]",
-                        adaptive_power="[0, inf)", exploration_noise="[0, inf)")  # fmt: skip
+                        adaptive_power="[0, inf)", exploration_noise="[0, inf)", distill_rows="[0, inf)",
+                        distill_steps="[1, inf)")  # fmt: skip
     if args.num_target_candidates is not None:
         common.check_positive(args, ["num_target_candidates"])
     common.require(
@@ -646,8 +705,12 @@ if __name__ == "__main__":
                 step["next_log"] += args.log_frequency
                 sps = progress.rate() or 0.0  # steps/s over the last 30 s of this phase (warm-up or training)
                 bounds = step["bound_hits"] / max(step["acting_steps"], 1)
-                logger.scalars({**update_info, "charts/action_bound_fraction": bounds, "charts/SPS": sps,
-                                "charts/updates": step["updates"]}, global_step)  # fmt: skip
+                diagnostics = {}
+                if global_step >= args.learning_starts:  # how much the one-step shortcut loses, on 64 replay states
+                    with torch.no_grad():
+                        diagnostics["losses/one_step_q_gap"] = one_step_q_gap(actor, critic, rb.sample(64)[0])
+                logger.scalars({**update_info, **diagnostics, "charts/action_bound_fraction": bounds,
+                                "charts/SPS": sps, "charts/updates": step["updates"]}, global_step)  # fmt: skip
             progress.update(global_step, step["updates"], last_return)
 
             # ---- evaluate: best-of-N (the protocol) and N = 1 (the one-step actor on its own) ----

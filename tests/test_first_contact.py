@@ -65,6 +65,8 @@ BAD = {
         ({"t_min": 0.0}, "--t-min must be in (0, 0.5), got 0.0."),
         ({"t_min": 0.5}, "--t-min must be in (0, 0.5), got 0.5."),
         ({"exploration_noise": -0.1}, "--exploration-noise must be at least 0, got -0.1."),
+        ({"distill_rows": -1}, "--distill-rows must be at least 0, got -1."),
+        ({"distill_steps": 0}, "--distill-steps must be at least 1, got 0."),
     ],
     nc_lql: SHARED_BAD
     + [
