@@ -6,6 +6,8 @@
 #   ./runs.sh --dry-run           print the commands, run nothing
 #   ./runs.sh --slurm             write ./runs_slurm.sbatch (one array task per command) and say how to submit it
 #   ./runs.sh quick [--dry-run]   the CPU-sized set used for the README's figures (hours on a laptop, not days)
+#   ./runs.sh release [--dry-run] Hopper-v4 beside the authors' NC-LQL release: the protocol's defaults, seed 100,
+#                                 90,000 transitions, 20 eval episodes every 7,500 (README "Side by side")
 #   ./runs.sh --only som          only one algorithm (som or nc_lql); combine with any of the above
 set -euo pipefail
 CALLER_DIR=$(pwd)
@@ -16,7 +18,7 @@ MODE=run
 ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    paper|quick) SET="$1" ;;
+    paper|quick|release) SET="$1" ;;
     --dry-run) MODE=dry ;;
     --slurm) MODE=slurm ;;
     --only) ONLY="$2"; shift ;;
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 PYTHON=${PYTHON:-python}
-SEEDS=${SEEDS:-"1 2 3 4 5"}
+[ "$SET" = release ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
 
 # The quick set's budgets per (script, env): what was run for the README on 2 CPU cores.
 budget() {
@@ -40,6 +42,18 @@ budget() {
 }
 
 commands() {
+  if [ "$SET" = release ]; then  # seeds: SEEDS, default 100 (the release's first seed)
+    local common="--env-id Hopper-v4 --total-timesteps 90000 --eval-frequency 7500 --eval-episodes 20 --compile"
+    for seed in ${SEEDS:-100}; do
+      if [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; then
+        echo "$PYTHON nc_lql.py $common --seed $seed --exp-name nc_lql_vs_release --save-model"
+      fi
+      if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
+        echo "$PYTHON som.py $common --seed $seed --exp-name som_protocol --save-model"
+      fi
+    done
+    return
+  fi
   local som_envs="Hopper-v4 HalfCheetah-v4 Walker2d-v4 Ant-v4 Humanoid-v4"
   local nc_envs="Hopper-v4 HalfCheetah-v4 Walker2d-v4 Ant-v4 Humanoid-v4 Swimmer-v4"
   local som_extra="" nc_extra=""

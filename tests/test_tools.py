@@ -41,6 +41,16 @@ def test_quick_set_and_only_filter():
         tyro.cli(som.Args, args=shlex.split(line)[2:])
 
 
+def test_release_set_is_the_readme_side_by_side_runs():
+    lines = _dry("release")
+    assert [shlex.split(x)[1] for x in lines] == ["nc_lql.py", "som.py"]
+    for line in lines:
+        argv = shlex.split(line)
+        args = tyro.cli(som.Args if argv[1] == "som.py" else nc_lql.Args, args=argv[2:])
+        assert (args.env_id, args.seed, args.total_timesteps, args.num_envs) == ("Hopper-v4", 100, 90_000, 5)
+        assert (args.learning_starts, args.eval_frequency, args.eval_episodes, args.compile) == (30_000, 7500, 20, True)
+
+
 def test_slurm_writes_one_array_task_per_command(tmp_path):
     proc = subprocess.run(["bash", RUNS, "--slurm"], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert f"sbatch {tmp_path / 'runs_slurm.sbatch'}" in proc.stdout
