@@ -74,11 +74,19 @@ def plot_curves(paths: list[str], out: str) -> None:
                 line = ax.plot(steps, values.mean(0), style, label=label)[0]
                 if len(curves) > 1:
                     ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2, color=line.get_color())
-        ax.set_title(env)
-        ax.set_xlabel("environment steps")
-        ax.set_ylabel("eval return")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        label_axes(ax, env, "environment steps", "eval return")
+    save(fig, out)
+
+
+def label_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def save(fig, out: str) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(f"wrote {out}")
@@ -104,14 +112,9 @@ def plot_release(paths: list[str], out: str, warmup: int = 30_000) -> None:
                 if keep.any():
                     label = f"{exp}, seed {seed}" + (", N = 1" if tag.endswith("n1") else "")
                     ax.plot(steps[keep] - warmup, values[keep], style, ms=4, label=label)
-    ax.set_xlabel("post-warm-up environment steps (transitions - 30,000)")
-    ax.set_ylabel("eval return (20 episodes)")
-    ax.set_title("Hopper-v4, the protocol's defaults")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    print(f"wrote {out}")
+    label_axes(ax, "Hopper-v4, the protocol's defaults", "post-warm-up environment steps (transitions - 30,000)",
+               "eval return (20 episodes)")  # fmt: skip
+    save(fig, out)
 
 
 def plot_bandit(som_path: str, nc_path: str | None, out: str, num: int = 500) -> None:
@@ -139,9 +142,7 @@ def plot_bandit(som_path: str, nc_path: str | None, out: str, num: int = 500) ->
         ax.set_xlim(-1.05, 1.05)
         ax.set_ylim(-1.05, 1.05)
         ax.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    print(f"wrote {out}")
+    save(fig, out)
 
 
 def main() -> None:
