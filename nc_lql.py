@@ -13,6 +13,7 @@ follow the authors' released JAX code (summarised in the project's spec). Plain 
 release: one noise level, no denoising loss, a constant step size that we chose (README, "LQL's step size").
 
 Run:   python nc_lql.py --env-id Hopper-v4
+       python nc_lql.py --env-id Hopper-v4 --compile    # the same math, compiled (README, Speed)
        python nc_lql.py --env-id Hopper-v4 --lql        # the plain-LQL ablation
 """
 

@@ -30,6 +30,7 @@ standardised per state, alpha = 0.1 and MeanFlow's adaptive-loss power p = 0.5 (
 one-step policy alone reaches -137 on Pendulum-v1 after 15k steps (best-of-32: -127).
 
 Run:   python som.py --env-id Hopper-v4
+       python som.py --env-id Hopper-v4 --compile      # the same math, compiled (README, Speed)
 Help:  python som.py --help
 """
 
