@@ -398,6 +398,11 @@ def meanflow_target(actor, obs, noised_action, r, t, velocity) -> tuple[torch.Te
     return velocity - (t - r) * du_dt, du_dt
 
 
+def adaptive_weighted(sq_err: torch.Tensor, power: float, eps: float = 1e-3) -> torch.Tensor:
+    """MeanFlow's adaptive loss: mean_b d_b / stopgrad(d_b + eps)^p for per-sample squared errors d_b."""
+    return (sq_err / (sq_err.detach() + eps).pow(power)).mean()
+
+
 def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_power: float = 1.0,
                   adaptive_eps: float = 1e-3) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """MeanFlow loss with the adaptive weight: mean_b d_b / stopgrad(d_b + eps)^p, d_b = mean_dims (u - u_tgt)^2.
@@ -409,7 +414,7 @@ def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_power: flo
     u = actor(obs, noised_action, r, t)
     u_target, du_dt = meanflow_target(actor, obs, noised_action, r, t, velocity)
     sq_err = (u - u_target).pow(2).mean(-1)
-    loss = (sq_err / (sq_err.detach() + adaptive_eps).pow(adaptive_power)).mean()
+    loss = adaptive_weighted(sq_err, adaptive_power, adaptive_eps)
     info = {"du_dt_norm": du_dt.norm(dim=-1).mean(), "target_norm": u_target.norm(dim=-1).mean(),
             "meanflow_mse": sq_err.mean()}  # fmt: skip
     for low, high in ((0.0, 0.33), (0.33, 0.67), (0.67, 1.0)):  # where along the flow the fit is off
@@ -501,23 +506,27 @@ def critic_loss(critic: TwinCritic, obs, actions, y) -> tuple[torch.Tensor, torc
 
 
 def actor_loss(args: Args, batch, actor, critic) -> tuple[torch.Tensor, dict]:
-    """The MeanFlow loss on replay states with their replay actions noised to a random time t:
+    """The MeanFlow loss on replay states with actions (--actor-points: replay, policy or Boltzmann) noised to t:
         a_t = mu(t) a + sigma(t) eps,   v = PF-ODE velocity at (a_t, t) from the score estimate,
         loss = adaptive-weighted || u(s, a_t, r, t) - stopgrad(v - (t - r) du/dt) ||^2
-    Only u(s, a_t, r, t) carries a gradient (to the actor's parameters)."""
+    plus, with --distill-rows, the one-step map regressed onto the actor's own multi-step flow.
+    Only the actor's outputs with (r, t) inputs carry a gradient (to the actor's parameters)."""
     obs, actions = batch[0], batch[1]
+
+    def mean_q(o, a):  # the mean of the two online critics
+        return critic(o, a).mean(dim=0)
+
     with torch.no_grad():
         if args.actor_points == "policy":  # the current policy's own samples: where its flow actually runs
             actions = one_step_sample(actor, obs, 1)[0]
         elif args.actor_points == "boltzmann":  # approximate draws of pi* itself: the data the flow should carry
-            actions = boltzmann_resample(lambda o, a: critic(o, a).mean(dim=0), obs, actions.shape[-1],
-                                         args.num_mc_samples, args.alpha, args.q_norm)  # fmt: skip
+            actions = boltzmann_resample(mean_q, obs, actions.shape[-1], args.num_mc_samples, args.alpha, args.q_norm)
         r, t = sample_time_pair(len(obs), args.t_min, args.flow_matching_fraction, args.time_sampler, obs.device)
         mu, sigma = vp_mu_sigma(t, args.beta_min, args.beta_max)
         noised = mu * actions + sigma * torch.randn_like(actions)  # the training point: an action noised to time t
-        score, score_info = score_estimate(lambda o, a: critic(o, a).mean(dim=0), obs, noised, t, args.num_mc_samples,
-                                           args.alpha, args.beta_min, args.beta_max, args.score_estimator,
-                                           args.q_norm, args.clip_proposals)  # fmt: skip
+        score, score_info = score_estimate(mean_q, obs, noised, t, args.num_mc_samples, args.alpha, args.beta_min,
+                                           args.beta_max, args.score_estimator, args.q_norm,
+                                           args.clip_proposals)  # fmt: skip
         velocity = target_velocity(noised, score, t, args.w, args.beta_min, args.beta_max, args.score_norm)
     loss, flow_info = meanflow_loss(actor, obs, noised, r, t, velocity, args.adaptive_power)
     if args.distill_rows > 0:  # one step regressed onto the actor's own multi-step flow from the same noise
@@ -527,7 +536,7 @@ def actor_loss(args: Args, batch, actor, critic) -> tuple[torch.Tensor, dict]:
             shortcut = noise - integrate_flow(actor, rows, noise, args.distill_steps)  # u over [0, 1] it implies
         ones = torch.ones(1, 1, device=obs.device)
         sq_err = (actor(rows, noise, 0.0 * ones, ones) - shortcut).pow(2).mean(-1)
-        loss = loss + (sq_err / (sq_err.detach() + 1e-3).pow(args.adaptive_power)).mean()
+        loss = loss + adaptive_weighted(sq_err, args.adaptive_power)
         flow_info["one_step_distill_mse"] = sq_err.detach().mean()
     return loss, {f"losses/{k}": v for k, v in {**score_info, **flow_info}.items()}
 
