@@ -8,6 +8,11 @@
 #   ./runs.sh quick [--dry-run]   the CPU-sized set used for the README's figures (hours on a laptop, not days)
 #   ./runs.sh release [--dry-run] Hopper-v4 beside the authors' NC-LQL release: the protocol's defaults, seed 100,
 #                                 90,000 transitions, 20 eval episodes every 7,500 (README "Side by side")
+#   ./runs.sh long [--dry-run]    the longest runs of the README: HalfCheetah-v4, then Hopper-v4, both scripts, the
+#                                 protocol's defaults, --compile, seed 100, checkpoints every 15,000 transitions;
+#                                 LONG_STEPS (default 150000) transitions; extend one with
+#                                 python som.py --resume runs/<run>/checkpoint.pt --total-timesteps <more>
+#   ./runs.sh probe [--dry-run]   SOM's one-step actor studies (README "Why the one-step actor lagged its target")
 #   ./runs.sh --only som          only one algorithm (som or nc_lql); combine with any of the above
 set -euo pipefail
 CALLER_DIR=$(pwd)
@@ -18,17 +23,17 @@ MODE=run
 ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    paper|quick|release) SET="$1" ;;
+    paper|quick|release|long|probe) SET="$1" ;;
     --dry-run) MODE=dry ;;
     --slurm) MODE=slurm ;;
     --only) ONLY="$2"; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "runs.sh: unknown argument '$1' (see ./runs.sh --help)" >&2; exit 2 ;;
   esac
   shift
 done
 PYTHON=${PYTHON:-python}
-[ "$SET" = release ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
+[ "$SET" = release ] || [ "$SET" = long ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
 
 # The quick set's budgets per (script, env): what was run for the README on 2 CPU cores.
 budget() {
@@ -42,6 +47,32 @@ budget() {
 }
 
 commands() {
+  if [ "$SET" = probe ]; then  # the actor alone against the exact bandit reward, then RL on the bandit
+    local probe="$PYTHON scripts/bandit_actor_probe.py"
+    echo "$probe --updates 6000 --sweep actor_points=replay,policy,boltzmann"
+    echo "$probe --updates 6000 --set time_sampler=r_zero --sweep actor_points=replay,policy"
+    echo "$probe --updates 6000 --set distill_rows=64 --sweep actor_points=replay,boltzmann"
+    echo "$probe --updates 12000 --sweep actor_points=replay,boltzmann"
+    echo "$probe --updates 12000 --set actor_points=boltzmann distill_rows=64 --sweep distill_steps=8"
+    local bandit="--env-id MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --total-timesteps 3000"
+    echo "$PYTHON som.py $bandit --num-candidates 1 --compile --exp-name bandit_new_default"
+    echo "$PYTHON som.py $bandit --num-candidates 1 --compile --actor-points replay --distill-rows 0 --exp-name bandit_old_default"
+    return
+  fi
+  if [ "$SET" = long ]; then  # seeds: SEEDS, default 100
+    local common="--total-timesteps ${LONG_STEPS:-150000} --eval-frequency 7500 --eval-episodes 10 --compile"
+    common="$common --checkpoint-frequency 15000 --checkpoint-buffer --save-model"
+    for env in HalfCheetah-v4 Hopper-v4; do
+      for seed in ${SEEDS:-100}; do
+        for algo in nc_lql som; do
+          if [ -z "$ONLY" ] || [ "$ONLY" = $algo ]; then
+            echo "$PYTHON $algo.py --env-id $env --seed $seed $common --exp-name ${algo}_long"
+          fi
+        done
+      done
+    done
+    return
+  fi
   if [ "$SET" = release ]; then  # seeds: SEEDS, default 100 (the release's first seed)
     local common="--env-id Hopper-v4 --total-timesteps 90000 --eval-frequency 7500 --eval-episodes 20 --compile"
     for seed in ${SEEDS:-100}; do

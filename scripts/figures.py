@@ -9,6 +9,10 @@
         Hopper-v4 eval returns against post-warm-up steps (steps - 30,000), beside the authors' NC-LQL release run
         on this machine type (its 40 evaluation means, ../shared/reference_numbers.md)
 
+    python scripts/figures.py summary RUN_DIR [RUN_DIR ...] [--episodes 300]
+        no figure: per run, its eval returns (best-of-N and N = 1) as a table row, and the mean return of the first
+        and the last 300 training episodes (on the bandit an episode is one action)
+
 RUN_DIR is a folder of run directories (runs/ by default, named {env}__{exp_name}__{seed}__{time}) or one run.
 """
 
@@ -145,6 +149,23 @@ def plot_bandit(som_path: str, nc_path: str | None, out: str, num: int = 500) ->
     save(fig, out)
 
 
+def print_summary(paths: list[str], episodes: int) -> None:
+    for (env, exp), runs in sorted(find_runs(paths).items()):
+        for run in runs:
+            print(f"{env} {exp} ({os.path.basename(run)})")
+            for tag in ("eval/episodic_return", "eval/episodic_return_n1"):
+                steps, values = read_tag(run, tag)
+                if len(steps):
+                    print(f"  {tag} at {', '.join(f'{s:,}' for s in steps)}")
+                    print(f"  | {' | '.join(f'{v:.1f}' for v in values)} |")
+            _, train = read_tag(run, "charts/episodic_return")
+            if len(train) >= episodes:
+                print(
+                    f"  training episodes: {len(train)}; first {episodes}: {train[:episodes].mean():.3f}, "
+                    f"last {episodes}: {train[-episodes:].mean():.3f}"
+                )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -158,9 +179,14 @@ def main() -> None:
     r = sub.add_parser("release")
     r.add_argument("paths", nargs="+")
     r.add_argument("--out", default="docs/release.png")
+    t = sub.add_parser("summary")
+    t.add_argument("paths", nargs="+")
+    t.add_argument("--episodes", type=int, default=300)
     args = p.parse_args()
     if args.what == "curves":
         plot_curves(args.paths, args.out)
+    elif args.what == "summary":
+        print_summary(args.paths, args.episodes)
     elif args.what == "release":
         plot_release(args.paths, args.out)
     else:
