@@ -177,8 +177,12 @@ def main() -> None:
         loss.backward()
         actor_opt.step()
 
-    # u with its backward (3 forward passes) and the JVP (about 2 forward passes) on B rows, plus the score estimate
-    flops_actor_step = flops_score + 5 * mlp_flops(B, [S + A + 32] + actor_sizes[1:])
+    # u with its backward (3 forward passes) and the JVP (about 2 forward passes) on B rows, plus the score estimate;
+    # Boltzmann training points: one more K x B pass of both critics; distillation: the multi-step flow's forward
+    # passes and one forward with backward (3) on the distilled rows
+    actor_rows = 5 * B + (args.distill_steps + 3) * args.distill_rows
+    flops_boltzmann = 2 * mlp_flops(K * B, critic_sizes) if args.actor_points == "boltzmann" else 0.0
+    flops_actor_step = flops_score + flops_boltzmann + mlp_flops(actor_rows, [S + A + 32] + actor_sizes[1:])
     e, c = both("som actor step", actor_step, {"actor_loss": 1}, som, reps)
     table.add("SOM actor step (score estimate, MeanFlow loss with JVP, backward, Adam)", e, c, flops_actor_step / 1e9)
 

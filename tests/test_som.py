@@ -161,6 +161,54 @@ def test_meanflow_loss_is_zero_for_a_constant_field_and_trains_toward_it():
     assert loss_other > 0.9
 
 
+def test_integrate_flow_follows_the_exact_average_velocity_in_any_number_of_steps():
+    """dz/dt = -z carries z_1 to z_0 = e z_1; MeanFlow steps with its exact average velocity land there in 1 or 8."""
+    noise, obs = torch.randn(16, 2, dtype=torch.float64), torch.zeros(16, 1, dtype=torch.float64)
+    for steps in (1, 3, 8):
+        z0 = som.integrate_flow(_ExactDecayMeanFlow(), obs, noise, steps)
+        torch.testing.assert_close(z0, math.e * noise)
+    # a constant error of 0.1 in u is integrated over the whole interval [0, 1]: z_0 = e z_1 - 0.1 (e - 1)
+    z0 = som.integrate_flow(_ExactDecayMeanFlow(error=0.1), obs, noise, 1)
+    torch.testing.assert_close(z0, math.e * noise - 0.1)
+
+
+class _QuadraticInTimeMeanFlow(_ExactDecayMeanFlow):
+    """The exact decay field plus 0.5 h^2 (h = t - r): each MeanFlow step z <- z e^h - 0.5 h^3 of the exact flow."""
+
+    def forward(self, obs, a, r, t):
+        return super().forward(obs, a, r, t) + 0.5 * (t - r) ** 2
+
+
+@pytest.mark.parametrize("actor, expected", [(_ExactDecayMeanFlow(), 0.0), (_QuadraticInTimeMeanFlow(), None)])
+def test_distillation_loss_is_zero_iff_one_step_equals_the_multi_step_flow(actor, expected):
+    """--distill-rows regresses u(s, eps, 0, 1) onto eps - flow_8(eps). For the exact decay field one step and eight
+    agree (error 0). With 0.5 h^2 added, one step predicts u_exact + 0.5 while eight steps of h = 1/8 imply
+    u_exact + 0.5 h^3 sum_j e^(j h) (each step's shift decays on through the later steps), so the squared error
+    per coordinate is 0.25 (1 - h^3 sum_{j<8} e^(j h))^2."""
+    torch.manual_seed(0)
+    args = som.Args(num_mc_samples=8, distill_rows=16, distill_steps=8, actor_points="replay")
+    obs, actions = torch.zeros(32, 1, dtype=torch.float64), torch.rand(32, 2, dtype=torch.float64) * 2 - 1
+    _, info = som.actor_loss(args, (obs, actions), actor, _FixedCritic().double())
+    mse = info["losses/one_step_distill_mse"].item()
+    if expected is None:
+        h = 1.0 / 8
+        expected = 0.25 * (1.0 - h**3 * sum(math.exp(j * h) for j in range(8))) ** 2
+    assert mse == pytest.approx(expected, abs=1e-6)  # the noise and flow times are float32
+
+
+def test_boltzmann_resample_draws_from_exp_q_over_alpha():
+    """Q(s, a) = s a on [-1, 1], alpha = 0.25, no normalisation: pi(a | s) ~ exp(4 s a), whose mean is
+    s (coth(4) - 0.25) for s = +-1. Sampling-importance-resampling with K = 2,000 proposals gets it to 1%."""
+    torch.manual_seed(0)
+    obs = torch.tensor([1.0, -1.0]).repeat_interleave(2000).unsqueeze(-1)  # (4000, 1)
+    draws = som.boltzmann_resample(lambda o, a: (o * a).squeeze(-1), obs, 1, 2000, 0.25, "none")
+    assert draws.shape == (4000, 1) and draws.abs().max() <= 1.0
+    expected = 1.0 / math.tanh(4.0) - 0.25
+    assert draws[:2000].mean().item() == pytest.approx(expected, abs=0.01)
+    assert draws[2000:].mean().item() == pytest.approx(-expected, abs=0.01)
+    assert draws[:2000].var().item() == pytest.approx(1.0 / 16 - 1.0 / math.sinh(4.0) ** 2, abs=0.01)
+
+
 def test_time_pairs_are_ordered_and_in_range():
     for sampler in ("uniform", "logit_normal", "r_zero"):
         r, t = som.sample_time_pair(10_000, 1e-3, 0.25, sampler, "cpu")
