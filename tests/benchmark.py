@@ -6,7 +6,7 @@ FLOP floor of each update at that rate, the compile time of each compiled functi
 end-to-end training steps per second of a short Hopper-v4 run at the scripts' defaults in both modes.
 
 Usage: python tests/benchmark.py [--obs-dim 17 --act-dim 6 --batch-size 256 --num-mc-samples 100 --repeats 10]
-       [--no-end-to-end]
+       [--no-end-to-end] [--only som|nc_lql]
 Defaults: HalfCheetah-v4's dimensions, the protocol's batch, K = 100 and N = 32. It takes about 15 minutes on 2 CPU
 cores, most of it compiling and the end-to-end runs.
 """
@@ -14,6 +14,7 @@ cores, most of it compiling and the end-to-end runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import os
 import subprocess
@@ -96,6 +97,7 @@ def main() -> None:
     p.add_argument("--num-candidates", type=int, default=32)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--only", choices=["som", "nc_lql"], default=None, help="time one script only")
     cli = p.parse_args()
     cpu = torch.device("cpu")
     torch.manual_seed(0)
@@ -123,121 +125,136 @@ def main() -> None:
     table = Table(matmul_gflops)
 
     # ---------------------------------------------------------------------------------------------------- SOM
-    args = som.Args(batch_size=B, num_mc_samples=K, num_candidates=N, num_target_candidates=N)
-    actor, critic = som.build_networks(args, S, A, cpu)
-    critic_target = som.build_networks(args, S, A, cpu)[1]
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-4)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-4)
-    batch = (torch.randn(B, S), torch.rand(B, A) * 2 - 1, torch.randn(B), torch.randn(B, S), torch.zeros(B))
-    actor_sizes = [A + 32, h, h, h, A]  # the state's share is computed once per state, not per candidate
-    critic_sizes = [A, h, h, h, 1]
-    one_obs = torch.randn(1, S)
-    for n in (1, N):
+    if cli.only != "nc_lql":
+        args = som.Args(batch_size=B, num_mc_samples=K, num_candidates=N, num_target_candidates=N)
+        actor, critic = som.build_networks(args, S, A, cpu)
+        critic_target = som.build_networks(args, S, A, cpu)[1]
+        actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-4)
+        critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-4)
+        batch = (torch.randn(B, S), torch.rand(B, A) * 2 - 1, torch.randn(B), torch.randn(B, S), torch.zeros(B))
+        actor_sizes = [A + 32, h, h, h, A]  # the state's share is computed once per state, not per candidate
+        critic_sizes = [A, h, h, h, 1]
+        one_obs = torch.randn(1, S)
+        for n in (1, N):
+            with torch.no_grad():
+                e, c = both(f"som act N={n}", lambda n=n: som.sample_actions(actor, critic, one_obs, n),
+                            {"sample_actions": 1}, som, reps * 10)  # fmt: skip
+            table.add(f"SOM action, one observation, N = {n}", e, c)
+
+        # next-action candidates: actor and both critics on N x B rows; the target critics on B rows; states once each
+        flops_target = (
+            mlp_flops(N * B, actor_sizes)
+            + 2 * mlp_flops(N * B, critic_sizes)
+            + 2 * mlp_flops(B, [S + A] + critic_sizes[1:])
+        )
+        flops_target += mlp_flops(B, [S, h]) * 3
         with torch.no_grad():
-            e, c = both(f"som act N={n}", lambda n=n: som.sample_actions(actor, critic, one_obs, n),
-                        {"sample_actions": 1}, som, reps * 10)  # fmt: skip
-        table.add(f"SOM action, one observation, N = {n}", e, c)
+            e, c = both("som td target", lambda: som.bootstrap_target(args, batch, actor, critic, critic_target),
+                        {"sample_actions": 1, "bootstrap_target": 1}, som, reps)  # fmt: skip
+        table.add(f"SOM TD target (best-of-{N} next action, target critics)", e, c, flops_target / 1e9)
 
-    # next-action candidates: actor and both critics on N x B rows; the target critics on B rows; states once each
-    flops_target = (
-        mlp_flops(N * B, actor_sizes)
-        + 2 * mlp_flops(N * B, critic_sizes)
-        + 2 * mlp_flops(B, [S + A] + critic_sizes[1:])
-    )
-    flops_target += mlp_flops(B, [S, h]) * 3
-    with torch.no_grad():
-        e, c = both("som td target", lambda: som.bootstrap_target(args, batch, actor, critic, critic_target),
-                    {"sample_actions": 1, "bootstrap_target": 1}, som, reps)  # fmt: skip
-    table.add(f"SOM TD target (best-of-{N} next action, target critics)", e, c, flops_target / 1e9)
+        def critic_step():
+            loss, _ = som.critic_loss(critic, batch[0], batch[1], batch[2])
+            critic_opt.zero_grad()
+            loss.backward()
+            critic_opt.step()
 
-    def critic_step():
-        loss, _ = som.critic_loss(critic, batch[0], batch[1], batch[2])
-        critic_opt.zero_grad()
-        loss.backward()
-        critic_opt.step()
+        flops_critic_step = 3 * 2 * mlp_flops(B, [S + A] + critic_sizes[1:])
+        e, c = both("som critic step", critic_step, {"critic_loss": 1}, som, reps)
+        table.add("SOM critic step (TD loss, backward, Adam)", e, c, flops_critic_step / 1e9)
 
-    flops_critic_step = 3 * 2 * mlp_flops(B, [S + A] + critic_sizes[1:])
-    e, c = both("som critic step", critic_step, {"critic_loss": 1}, som, reps)
-    table.add("SOM critic step (TD loss, backward, Adam)", e, c, flops_critic_step / 1e9)
+        t_rand, noised = torch.rand(B, 1) * 0.998 + 0.001, torch.randn(B, A)
 
-    t_rand, noised = torch.rand(B, 1) * 0.998 + 0.001, torch.randn(B, A)
+        def score():
+            with torch.no_grad():
+                som.score_estimate(lambda o, a: critic(o, a).mean(0), batch[0], noised, t_rand, K, args.alpha,
+                                   args.beta_min, args.beta_max)  # fmt: skip
 
-    def score():
-        with torch.no_grad():
-            som.score_estimate(lambda o, a: critic(o, a).mean(0), batch[0], noised, t_rand, K, args.alpha,
-                               args.beta_min, args.beta_max)  # fmt: skip
+        flops_score = 2 * mlp_flops(K * B, critic_sizes) + 2 * mlp_flops(B, [S, h])
+        e, c = both("som score estimate", score, {"score_estimate": 1}, som, reps)
+        table.add(f"SOM score estimate (K = {K}, {K * B} rows x 2 critics)", e, c, flops_score / 1e9)
 
-    flops_score = 2 * mlp_flops(K * B, critic_sizes) + 2 * mlp_flops(B, [S, h])
-    e, c = both("som score estimate", score, {"score_estimate": 1}, som, reps)
-    table.add(f"SOM score estimate (K = {K}, {K * B} rows x 2 critics)", e, c, flops_score / 1e9)
+        def actor_step():
+            loss, _ = som.actor_loss(args, batch, actor, critic)
+            actor_opt.zero_grad()
+            loss.backward()
+            actor_opt.step()
 
-    def actor_step():
-        loss, _ = som.actor_loss(args, batch, actor, critic)
-        actor_opt.zero_grad()
-        loss.backward()
-        actor_opt.step()
+        # u with its backward (3 forward passes) and the JVP (about 2 forward passes) on B rows, plus the score
+        # estimate; Boltzmann training points: one more K x B pass of both critics; distillation: the multi-step
+        # flow's forward passes and one forward with backward (3) on the distilled rows
+        actor_rows = 5 * B + (args.distill_steps + 3) * args.distill_rows
+        flops_boltzmann = 2 * mlp_flops(K * B, critic_sizes) if args.actor_points == "boltzmann" else 0.0
+        flops_actor_step = flops_score + flops_boltzmann + mlp_flops(actor_rows, [S + A + 32] + actor_sizes[1:])
+        e, c = both("som actor step", actor_step, {"actor_loss": 1}, som, reps)
+        table.add(
+            "SOM actor step (score estimate, MeanFlow loss with JVP, backward, Adam)", e, c, flops_actor_step / 1e9
+        )
 
-    # u with its backward (3 forward passes) and the JVP (about 2 forward passes) on B rows, plus the score estimate;
-    # Boltzmann training points: one more K x B pass of both critics; distillation: the multi-step flow's forward
-    # passes and one forward with backward (3) on the distilled rows
-    actor_rows = 5 * B + (args.distill_steps + 3) * args.distill_rows
-    flops_boltzmann = 2 * mlp_flops(K * B, critic_sizes) if args.actor_points == "boltzmann" else 0.0
-    flops_actor_step = flops_score + flops_boltzmann + mlp_flops(actor_rows, [S + A + 32] + actor_sizes[1:])
-    e, c = both("som actor step", actor_step, {"actor_loss": 1}, som, reps)
-    table.add("SOM actor step (score estimate, MeanFlow loss with JVP, backward, Adam)", e, c, flops_actor_step / 1e9)
+        def som_update():
+            som.critic_update(args, batch, actor, critic, critic_target, critic_opt)
+            som.actor_update(args, batch, actor, critic, actor_opt)
 
-    def som_update():
-        som.critic_update(args, batch, actor, critic, critic_target, critic_opt)
-        som.actor_update(args, batch, actor, critic, actor_opt)
+        flops_som = flops_target + flops_critic_step + flops_actor_step
+        hot = {"sample_actions": 1, "bootstrap_target": 1, "critic_loss": 1, "actor_loss": 1}
+        e, c = both("som update", som_update, hot, som, reps)
+        table.add("**SOM full update** (critic + actor)", e, c, flops_som / 1e9)
 
-    flops_som = flops_target + flops_critic_step + flops_actor_step
-    hot = {"sample_actions": 1, "bootstrap_target": 1, "critic_loss": 1, "actor_loss": 1}
-    e, c = both("som update", som_update, hot, som, reps)
-    table.add("**SOM full update** (critic + actor)", e, c, flops_som / 1e9)
+        # the first default's actor fit (noised replay actions, no distillation), for the cost of the switch
+        first = dataclasses.replace(args, actor_points="replay", distill_rows=0)
+
+        def first_default_update():
+            som.critic_update(first, batch, actor, critic, critic_target, critic_opt)
+            som.actor_update(first, batch, actor, critic, actor_opt)
+
+        e, c = both("som update, first default", first_default_update, hot, som, reps)
+        flops_first = flops_target + flops_critic_step + flops_score + 5 * mlp_flops(B, [S + A + 32] + actor_sizes[1:])
+        table.add("SOM full update, first default (replay points, no distillation)", e, c, flops_first / 1e9)
 
     # ---------------------------------------------------------------------------------------------------- NC-LQL
-    nc_args = nc_lql.Args(batch_size=B)
-    nc_critic = nc_lql.NoiseConditionedTwinCritic(S, A)
-    nc_target = nc_lql.NoiseConditionedTwinCritic(S, A)
-    nc_opt = torch.optim.Adam(nc_critic.parameters(), lr=1e-4)
-    sigmas = torch.tensor(nc_lql.noise_schedule(10, 0.1, 0.001))
-    steps = nc_args.num_levels * nc_args.steps_per_level
-    # one Langevin step per row: both critics' forward on the action's share and the hidden layers, and the same
-    # matrices again for the input gradient
-    step_flops = 2 * 2 * mlp_flops(1, critic_sizes)
-    for rows in (1, 5):
-        obs = torch.randn(rows, S)
+    if cli.only != "som":
+        nc_args = nc_lql.Args(batch_size=B)
+        nc_critic = nc_lql.NoiseConditionedTwinCritic(S, A)
+        nc_target = nc_lql.NoiseConditionedTwinCritic(S, A)
+        nc_opt = torch.optim.Adam(nc_critic.parameters(), lr=1e-4)
+        sigmas = torch.tensor(nc_lql.noise_schedule(10, 0.1, 0.001))
+        steps = nc_args.num_levels * nc_args.steps_per_level
+        # one Langevin step per row: both critics' forward on the action's share and the hidden layers, and the same
+        # matrices again for the input gradient
+        step_flops = 2 * 2 * mlp_flops(1, critic_sizes)
+        for rows in (1, 5):
+            obs = torch.randn(rows, S)
+            with torch.no_grad():
+                e, c = both(f"nc act {rows}", lambda obs=obs: nc_lql.sample_actions(nc_critic, obs, nc_args, A),
+                            {"sample_actions": 1}, nc_lql, reps * (5 if rows == 1 else 2))  # fmt: skip
+            what = "one observation" if rows == 1 else f"{rows} observations (the training rollout)"
+            table.add(f"NC-LQL action, {what}, {steps} Langevin steps", e, c, rows * steps * step_flops / 1e9)
+
+        full_critic = [S + A + 16] + critic_sizes[1:]
+        flops_targets = B * steps * step_flops + 2 * 2 * mlp_flops(B, full_critic)
         with torch.no_grad():
-            e, c = both(f"nc act {rows}", lambda obs=obs: nc_lql.sample_actions(nc_critic, obs, nc_args, A),
-                        {"sample_actions": 1}, nc_lql, reps * (5 if rows == 1 else 2))  # fmt: skip
-        what = "one observation" if rows == 1 else f"{rows} observations (the training rollout)"
-        table.add(f"NC-LQL action, {what}, {steps} Langevin steps", e, c, rows * steps * step_flops / 1e9)
+            e, c = both("nc targets", lambda: nc_lql.update_targets(nc_args, batch, nc_critic, nc_target, sigmas, A),
+                        {"sample_actions": 1, "update_targets": 1}, nc_lql, reps)  # fmt: skip
+        table.add(f"NC-LQL targets (sampler on {B} next states, target and online critics)", e, c, flops_targets / 1e9)
+        with torch.no_grad():
+            y, q_bar, lvl, noised_nc = nc_lql.update_targets(nc_args, batch, nc_critic, nc_target, sigmas, A)
 
-    full_critic = [S + A + 16] + critic_sizes[1:]
-    flops_targets = B * steps * step_flops + 2 * 2 * mlp_flops(B, full_critic)
-    with torch.no_grad():
-        e, c = both("nc targets", lambda: nc_lql.update_targets(nc_args, batch, nc_critic, nc_target, sigmas, A),
-                    {"sample_actions": 1, "update_targets": 1}, nc_lql, reps)  # fmt: skip
-    table.add(f"NC-LQL targets (sampler on {B} next states, target and online critics)", e, c, flops_targets / 1e9)
-    with torch.no_grad():
-        y, q_bar, lvl, noised_nc = nc_lql.update_targets(nc_args, batch, nc_critic, nc_target, sigmas, A)
+        def nc_step(loss_fn):
+            nc_opt.zero_grad()
+            loss_fn().backward()
+            nc_opt.step()
 
-    def nc_step(loss_fn):
-        nc_opt.zero_grad()
-        loss_fn().backward()
-        nc_opt.step()
-
-    flops_step = 3 * 2 * mlp_flops(B, full_critic)
-    e, c = both("nc td step", lambda: nc_step(lambda: nc_lql.td_loss(nc_critic, batch[0], batch[1], 9, y)),
-                {"td_loss": 1}, nc_lql, reps)  # fmt: skip
-    table.add("NC-LQL TD step (clean level, backward, Adam)", e, c, flops_step / 1e9)
-    dn_loss = lambda: nc_lql.denoising_loss(nc_critic, batch[0], noised_nc, lvl, q_bar)  # noqa: E731
-    e, c = both("nc dn step", lambda: nc_step(dn_loss), {"denoising_loss": 1}, nc_lql, reps)
-    table.add("NC-LQL denoising step (levels 0..L-2, backward, Adam)", e, c, flops_step / 1e9)
-    hot = {"sample_actions": 1, "update_targets": 1, "td_loss": 1, "denoising_loss": 1}
-    e, c = both("nc update", lambda: nc_lql.critic_update(nc_args, batch, nc_critic, nc_target, nc_opt, sigmas, A),
-                hot, nc_lql, reps)  # fmt: skip
-    table.add("**NC-LQL full update** (targets + both steps)", e, c, (flops_targets + 2 * flops_step) / 1e9)
+        flops_step = 3 * 2 * mlp_flops(B, full_critic)
+        e, c = both("nc td step", lambda: nc_step(lambda: nc_lql.td_loss(nc_critic, batch[0], batch[1], 9, y)),
+                    {"td_loss": 1}, nc_lql, reps)  # fmt: skip
+        table.add("NC-LQL TD step (clean level, backward, Adam)", e, c, flops_step / 1e9)
+        dn_loss = lambda: nc_lql.denoising_loss(nc_critic, batch[0], noised_nc, lvl, q_bar)  # noqa: E731
+        e, c = both("nc dn step", lambda: nc_step(dn_loss), {"denoising_loss": 1}, nc_lql, reps)
+        table.add("NC-LQL denoising step (levels 0..L-2, backward, Adam)", e, c, flops_step / 1e9)
+        hot = {"sample_actions": 1, "update_targets": 1, "td_loss": 1, "denoising_loss": 1}
+        e, c = both("nc update", lambda: nc_lql.critic_update(nc_args, batch, nc_critic, nc_target, nc_opt, sigmas, A),
+                    hot, nc_lql, reps)  # fmt: skip
+        table.add("**NC-LQL full update** (targets + both steps)", e, c, (flops_targets + 2 * flops_step) / 1e9)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, obs {S}, act {A}, batch {B}, K {K}, N {N}; "
           f"median of {reps} calls (actions: more) after 2 warm-up calls")  # fmt: skip
@@ -252,6 +269,8 @@ def main() -> None:
               "the last 30 s of a short run:")  # fmt: skip
         print("| script | eager | --compile | speed-up |\n|---|---:|---:|---:|")
         for script, (eager_steps, compiled_steps) in (("som.py", (1000, 2000)), ("nc_lql.py", (2000, 5000))):
+            if cli.only and not script.startswith(cli.only):
+                continue
             e = end_to_end(script, False, eager_steps)
             c = end_to_end(script, True, compiled_steps)
             print(f"| {script} | {e:.1f} | {c:.1f} | {c / e:.1f}x |", flush=True)
