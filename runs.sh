@@ -35,13 +35,17 @@ done
 PYTHON=${PYTHON:-python}
 [ "$SET" = release ] || [ "$SET" = long ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
 
-# The quick set's budgets per (script, env): what was run for the README on 2 CPU cores.
+# The quick set's budgets per (script, env): what was run for the README on 2 CPU cores. SOM's Pendulum-v1 and first
+# Hopper-v4 runs used the first default's actor fit (noised replay actions, no distillation); Hopper-v4:now is the
+# current default, compiled.
+FIRST_FIT="--actor-points replay --distill-rows 0"
 budget() {
   [ "$SET" = quick ] || return 0
   case "$1/$2" in
-    som/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 15000 --log-frequency 500" ;;
+    som/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 15000 --log-frequency 500 $FIRST_FIT" ;;
     nc_lql/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 12000 --eval-frequency 2000 --log-frequency 500" ;;
-    som/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000" ;;
+    som/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 $FIRST_FIT" ;;
+    som/Hopper-v4:now) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 --compile --exp-name som_fit_check" ;;
     nc_lql/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 30000 --eval-frequency 2500 --log-frequency 1000" ;;
   esac
 }
@@ -49,10 +53,17 @@ budget() {
 commands() {
   if [ "$SET" = probe ]; then  # the actor alone against the exact bandit reward, then RL on the bandit
     local probe="$PYTHON scripts/bandit_actor_probe.py"
-    echo "$probe --updates 6000 --sweep actor_points=replay,policy,boltzmann"
-    echo "$probe --updates 6000 --set time_sampler=r_zero --sweep actor_points=replay,policy"
+    local first="actor_points=replay distill_rows=0"  # the first default's actor fit
+    echo "$probe --updates 6000 --set $first score_estimator=idem score_norm=True q_norm=batch alpha=1.0 --sweep w=1.0,3.0,10.0"
+    echo "$probe --updates 6000 --set $first --sweep alpha=0.03,0.1,0.3,1.0"
+    echo "$probe --updates 6000 --set $first --sweep adaptive_power=0.0,1.0"
+    echo "$probe --updates 6000 --set $first q_norm=none --sweep alpha=0.03,0.1"
+    echo "$probe --updates 6000 --set distill_rows=0 --sweep actor_points=replay,policy,boltzmann"
+    echo "$probe --updates 6000 --set distill_rows=0 time_sampler=r_zero --sweep actor_points=replay,policy"
     echo "$probe --updates 6000 --set distill_rows=64 --sweep actor_points=replay,boltzmann"
-    echo "$probe --updates 12000 --sweep actor_points=replay,boltzmann"
+    echo "$probe --updates 6000 --set actor_points=boltzmann distill_rows=128 distill_steps=16"
+    echo "$probe --updates 6000 --set actor_points=boltzmann distill_rows=64 actor_lr=2e-3"
+    echo "$probe --updates 12000 --set distill_rows=0 --sweep actor_points=replay,boltzmann"
     echo "$probe --updates 12000 --set actor_points=boltzmann distill_rows=64 --sweep distill_steps=8"
     local bandit="--env-id MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --total-timesteps 3000"
     echo "$PYTHON som.py $bandit --num-candidates 1 --compile --exp-name bandit_new_default"
@@ -80,7 +91,8 @@ commands() {
         echo "$PYTHON nc_lql.py $common --seed $seed --exp-name nc_lql_vs_release --save-model"
       fi
       if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
-        echo "$PYTHON som.py $common --seed $seed --exp-name som_protocol --save-model"
+        echo "$PYTHON som.py $common --seed $seed --exp-name som_protocol --save-model --checkpoint-frequency 15000"
+        echo "$PYTHON som.py $common --seed $seed --exp-name som_protocol_first_fit --save-model $FIRST_FIT"
       fi
     done
     return
@@ -91,14 +103,14 @@ commands() {
   if [ "$SET" = quick ]; then
     # CPU-sized (README "Results"): one env, short warm-up, K = 16 and N = 1 for SOM's TD target, lr 3e-4.
     local cpu="--num-envs 1 --eval-episodes 10 --critic-lr 3e-4"
-    som_envs="Pendulum-v1 Hopper-v4"
+    som_envs="Pendulum-v1 Hopper-v4 Hopper-v4:now"
     nc_envs="Pendulum-v1 Hopper-v4"
     som_extra="$cpu --num-mc-samples 16 --num-target-candidates 1 --actor-lr 3e-4 --eval-frequency 2500"
     nc_extra="$cpu"
   fi
   for seed in $SEEDS; do
     if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
-      for env in $som_envs; do echo "$PYTHON som.py --env-id $env --seed $seed $som_extra $(budget som "$env")"; done
+      for env in $som_envs; do echo "$PYTHON som.py --env-id ${env%%:*} --seed $seed $som_extra $(budget som "$env")"; done
     fi
     if [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; then
       for env in $nc_envs; do echo "$PYTHON nc_lql.py --env-id $env --seed $seed $nc_extra $(budget nc_lql "$env")"; done

@@ -356,18 +356,30 @@ def test_loading_a_file_from_another_script_is_refused(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------------- learning
-def test_one_step_actor_learns_the_modes_of_a_fixed_analytic_critic():
-    """The actor alone (exact bandit reward as critic, uniform replay actions), sampled ONCE per action: its mean
-    reward must be far above uniform random actions (0.056). The dead actor of the third-party form scores ~0."""
+FIRST_DEFAULT_FIT = {"actor_points": "replay", "distill_rows": 0}  # noised replay actions, the MeanFlow identity alone
+
+
+@pytest.mark.parametrize(
+    "fit",
+    [pytest.param(FIRST_DEFAULT_FIT, marks=pytest.mark.xfail(strict=True, reason="the first default lags its target"),
+                  id="first_default"), pytest.param({}, id="default")],
+)  # fmt: skip
+def test_one_step_actor_reaches_its_target_on_a_fixed_analytic_critic(fit):
+    """The actor alone, with the exact bandit reward as a fixed critic, sampled ONCE per action after 6,000 compiled
+    updates (batch 128, K = 32, lr 2e-3): the default's one-step reward must reach 0.45, most of the way to the exact
+    PF-ODE from the same score estimate (0.79). Measured, seeds 0/1/2: 0.562/0.711/0.695 with the default's actor fit;
+    0.227/0.157/0.165 with the first default's (replay points, no distillation), which must fail here (xfail strict:
+    the suite goes red if it ever passes, i.e. if this test stops telling the two apart). Uniform random: 0.056."""
     from scripts.bandit_actor_probe import bandit_reward, train_actor
 
     torch.set_num_threads(1)
-    args = som.Args(batch_size=64, num_mc_samples=32, actor_lr=1e-3, hidden_dim=64)
-    actor = train_actor(args, updates=3000, seed=0)
+    args = som.Args(batch_size=128, num_mc_samples=32, actor_lr=2e-3, **fit)
+    actor = train_actor(args, updates=6000, seed=0, compile=True)
+    torch.manual_seed(0)
     with torch.no_grad():
-        actions = som.one_step_sample(actor, torch.zeros(2000, 1), 1)[0]
+        actions = som.one_step_sample(actor, torch.zeros(4000, 1), 1)[0]
     reward = bandit_reward(actions).mean().item()
-    assert reward > 0.2, f"one-step mean reward {reward:.3f}"
+    assert reward >= 0.45, f"one-step mean reward {reward:.3f}"
 
 
 @pytest.mark.slow
