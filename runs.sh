@@ -12,7 +12,8 @@
 #                                 protocol's defaults, --compile, seed 100, checkpoints every 15,000 transitions;
 #                                 LONG_STEPS (default 150000) transitions; extend one with
 #                                 python som.py --resume runs/<run>/checkpoint.pt --total-timesteps <more>
-#   ./runs.sh probe [--dry-run]   SOM's one-step actor studies (README "Why the one-step actor lagged its target")
+#   ./runs.sh probe [--dry-run]   the README's method studies: SOM's actor probes and bandit runs, the bandit figure's
+#                                 runs, LQL's step-size sweep, SOM's alpha check on Hopper-v4
 #   ./runs.sh --only som          only one algorithm (som or nc_lql); combine with any of the above
 set -euo pipefail
 CALLER_DIR=$(pwd)
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
     --dry-run) MODE=dry ;;
     --slurm) MODE=slurm ;;
     --only) ONLY="$2"; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "runs.sh: unknown argument '$1' (see ./runs.sh --help)" >&2; exit 2 ;;
   esac
   shift
@@ -68,6 +69,17 @@ commands() {
     local bandit="--env-id MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --total-timesteps 3000"
     echo "$PYTHON som.py $bandit --num-candidates 1 --compile --exp-name bandit_new_default"
     echo "$PYTHON som.py $bandit --num-candidates 1 --compile --actor-points replay --distill-rows 0 --exp-name bandit_old_default"
+    # the bandit figure (README "Bandit"): SOM with the first default's fit, NC-LQL; then LQL's step-size sweep
+    local small="--env-id MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --batch-size 64 --hidden-dim 64"
+    echo "$PYTHON som.py $small --total-timesteps 3500 --num-mc-samples 32 --num-candidates 1 --actor-lr 1e-3 --critic-lr 1e-3 --eval-frequency 3500 --eval-episodes 100 --save-model $FIRST_FIT"
+    echo "$PYTHON nc_lql.py $small --total-timesteps 2500 --critic-lr 1e-3 --eval-frequency 2500 --eval-episodes 50 --save-model"
+    for x in 1e-4 1e-3 1e-2; do
+      echo "$PYTHON nc_lql.py $small --total-timesteps 2500 --critic-lr 1e-3 --eval-frequency 2500 --eval-episodes 50 --save-model --lql --lql-step-size $x --exp-name lql_$x"
+    done
+    # SOM's alpha on Hopper-v4 at the CPU settings, 17,500 steps (README "Choosing alpha"; 0.1 is the quick run)
+    for a in 0.03 0.3; do
+      echo "$PYTHON som.py --env-id Hopper-v4 --seed 1 --num-envs 1 --eval-episodes 10 --critic-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --actor-lr 3e-4 --eval-frequency 2500 --learning-starts 5000 --total-timesteps 17500 --alpha $a $FIRST_FIT"
+    done
     return
   fi
   if [ "$SET" = long ]; then  # seeds: SEEDS, default 100
