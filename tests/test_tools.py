@@ -36,19 +36,43 @@ def test_dry_run_prints_the_full_protocol_and_every_command_parses():
 
 def test_quick_set_and_only_filter():
     quick = _dry("quick", "--only", "som")
-    assert len(quick) == 2 * 5 and all(" som.py " in x and "--num-envs 1" in x for x in quick)
+    assert len(quick) == 3 * 5 and all(" som.py " in x and "--num-envs 1" in x for x in quick)
+    fits = set()
     for line in quick:
-        tyro.cli(som.Args, args=shlex.split(line)[2:])
+        args = tyro.cli(som.Args, args=shlex.split(line)[2:])
+        fits.add((args.env_id, args.actor_points, args.distill_rows, args.compile))
+    # Pendulum and the first Hopper run with the first default's actor fit, the Hopper check with today's default
+    assert fits == {("Pendulum-v1", "replay", 0, False), ("Hopper-v4", "replay", 0, False),
+                    ("Hopper-v4", "boltzmann", 64, True)}  # fmt: skip
 
 
 def test_release_set_is_the_readme_side_by_side_runs():
     lines = _dry("release")
-    assert [shlex.split(x)[1] for x in lines] == ["nc_lql.py", "som.py"]
+    assert [shlex.split(x)[1] for x in lines] == ["nc_lql.py", "som.py", "som.py"]
     for line in lines:
         argv = shlex.split(line)
         args = tyro.cli(som.Args if argv[1] == "som.py" else nc_lql.Args, args=argv[2:])
         assert (args.env_id, args.seed, args.total_timesteps, args.num_envs) == ("Hopper-v4", 100, 90_000, 5)
         assert (args.learning_starts, args.eval_frequency, args.eval_episodes, args.compile) == (30_000, 7500, 20, True)
+
+
+def test_long_and_probe_sets_parse():
+    long = _dry("long")
+    assert len(long) == 4 and {shlex.split(x)[1] for x in long} == {"som.py", "nc_lql.py"}
+    for line in long:
+        argv = shlex.split(line)
+        args = tyro.cli(som.Args if argv[1] == "som.py" else nc_lql.Args, args=argv[2:])
+        assert args.env_id in ("HalfCheetah-v4", "Hopper-v4") and args.checkpoint_buffer and args.compile
+    probe = _dry("probe")
+    fields = set(som.Args.__dataclass_fields__)
+    for line in probe:
+        argv = shlex.split(line)
+        if argv[1] == "scripts/bandit_actor_probe.py":  # every --set / --sweep name is a som.Args field
+            names = [a.split("=")[0] for a in argv[argv.index("--set") + 1 :] if "=" in a] if "--set" in argv else []
+            names += [argv[argv.index("--sweep") + 1].split("=")[0]] if "--sweep" in argv else []
+            assert names and set(names) <= fields, line
+        else:
+            tyro.cli(som.Args if argv[1] == "som.py" else nc_lql.Args, args=argv[2:])
 
 
 def test_slurm_writes_one_array_task_per_command(tmp_path):
