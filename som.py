@@ -521,10 +521,11 @@ def critic_loss(critic: TwinCritic, obs, actions, y) -> tuple[torch.Tensor, torc
 
 
 def actor_loss(args: Args, batch, actor, critic) -> tuple[torch.Tensor, dict]:
-    """The MeanFlow loss on replay states with actions (--actor-points: replay, policy or Boltzmann) noised to t:
+    """The MeanFlow loss on replay states with actions a (--actor-points; default: draws of exp(Q / alpha)) noised to t:
         a_t = mu(t) a + sigma(t) eps,   v = PF-ODE velocity at (a_t, t) from the score estimate,
         loss = adaptive-weighted || u(s, a_t, r, t) - stopgrad(v - (t - r) du/dt) ||^2
-    plus, with --distill-rows, the one-step map regressed onto the actor's own multi-step flow.
+    plus, on --distill-rows rows, the one-step map regressed onto the actor's own multi-step flow:
+        adaptive-weighted || u(s, eps, 0, 1) - stopgrad(eps - flow_n(s, eps)) ||^2,   n = --distill-steps.
     Only the actor's outputs with (r, t) inputs carry a gradient (to the actor's parameters)."""
     obs, actions = batch[0], batch[1]
 
