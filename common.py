@@ -645,6 +645,19 @@ def load_checked(path: str, algorithm: str, env_id: Optional[str] = None) -> dic
     return payload
 
 
+def load_model(path: str, algorithm: str) -> dict:
+    """A model saved with --save-model, or a run's checkpoint.pt, as one dict: the networks' state dicts by name
+    ("actor", "critic"), "args", "obs_dim" and "act_dim" (a checkpoint keeps its networks under "modules" and has no
+    sizes: they come from its env)."""
+    payload = load_checked(path, algorithm)
+    if "modules" not in payload:
+        return payload
+    env = make_env(payload["args"]["env_id"], 0)()
+    sizes = {"obs_dim": env.observation_space.shape[0], "act_dim": env.action_space.shape[0]}
+    env.close()
+    return {**payload, **payload["modules"], **sizes}
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Long runs: checkpoints, resume, signals, non-finite guard
 # --------------------------------------------------------------------------------------------------------------------

@@ -351,8 +351,9 @@ def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: t
 
 
 def load_policy(path: str, device: str = "cpu"):
-    """Load a model saved with --save-model; return (policy, args), policy(obs (B, S)) -> actions in [-1, 1]."""
-    payload = common.load_checked(path, ALGORITHM)
+    """Load a model saved with --save-model, or a run's checkpoint.pt; return (policy, args), policy(obs (B, S)) ->
+    actions in [-1, 1]."""
+    payload = common.load_model(path, ALGORITHM)
     args = Args(**payload["args"])
     critic = NoiseConditionedTwinCritic(payload["obs_dim"], payload["act_dim"], args.hidden_dim, args.num_hidden)
     critic.load_state_dict(payload["critic"])

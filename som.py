@@ -473,9 +473,16 @@ def one_step_q_gap(actor: MeanFlowActor, critic: TwinCritic, obs: torch.Tensor, 
     return multi - critic(obs, one_step_sample(actor, obs, 1)[0]).mean()
 
 
-def sample_actions(actor: MeanFlowActor, critic: TwinCritic, obs: torch.Tensor, num_candidates: int) -> torch.Tensor:
-    """The action of the candidate with the highest min(Q1, Q2): obs (B, S) -> (B, A). N = 1 skips the critic."""
-    candidates = one_step_sample(actor, obs, num_candidates)
+def sample_actions(actor: MeanFlowActor, critic: TwinCritic, obs: torch.Tensor, num_candidates: int,
+                   flow_steps: int = 1) -> torch.Tensor:  # fmt: skip
+    """The action of the candidate with the highest min(Q1, Q2): obs (B, S) -> (B, A). N = 1 skips the critic.
+    flow_steps > 1 (evaluation only, scripts/evaluate.py): the candidates come from the actor's flow in that many
+    MeanFlow steps instead of one, which shows what the one-step shortcut loses against the flow it was fitted to."""
+    if flow_steps == 1:
+        candidates = one_step_sample(actor, obs, num_candidates)
+    else:  # the N candidates of all states as one batch of N x B rows (the same noise draws as one-step sampling)
+        rows = multi_step_sample(actor, obs.repeat(num_candidates, 1), flow_steps)
+        candidates = rows.view(num_candidates, obs.shape[0], actor.act_dim)
     if num_candidates == 1:
         return candidates[0]
     best = critic(obs, candidates).min(dim=0).values.argmax(dim=0)  # (B,)
@@ -588,10 +595,11 @@ def build_networks(args: Args, obs_dim: int, act_dim: int, device):
     return actor, critic
 
 
-def load_policy(path: str, num_candidates: Optional[int] = None, device: str = "cpu"):
-    """Load a model saved with --save-model and return (policy, args): policy(obs (B, S) tensor) -> actions in
-    [-1, 1], best of `num_candidates` (default: the training run's N; 1 = the pure one-step policy)."""
-    payload = common.load_checked(path, ALGORITHM)
+def load_policy(path: str, num_candidates: Optional[int] = None, device: str = "cpu", flow_steps: int = 1):
+    """Load a model saved with --save-model, or a run's checkpoint.pt, and return (policy, args): policy(obs (B, S)
+    tensor) -> actions in [-1, 1], best of `num_candidates` (default: the training run's N; 1 = the pure one-step
+    policy), each candidate from `flow_steps` MeanFlow steps (1: the one-step policy)."""
+    payload = common.load_model(path, ALGORITHM)
     args = Args(**payload["args"])
     actor, critic = build_networks(args, payload["obs_dim"], payload["act_dim"], device)
     actor.load_state_dict(payload["actor"])
@@ -600,7 +608,7 @@ def load_policy(path: str, num_candidates: Optional[int] = None, device: str = "
 
     @torch.no_grad()
     def policy(obs: torch.Tensor) -> torch.Tensor:
-        return sample_actions(actor, critic, obs.to(device), n)
+        return sample_actions(actor, critic, obs.to(device), n, flow_steps)
 
     return policy, args
 

@@ -1,7 +1,8 @@
-"""Evaluate a model saved with --save-model (som.py or nc_lql.py) and optionally record videos.
+"""Evaluate a model saved with --save-model or a checkpoint.pt (som.py or nc_lql.py); optionally record videos.
 
 python scripts/evaluate.py runs/Hopper-v4__som__1__1700000000/som.pt --episodes 10
 python scripts/evaluate.py runs/.../som.pt --num-candidates 1          # SOM's one-step policy alone
+python scripts/evaluate.py runs/.../checkpoint.pt --num-candidates 1 --flow-steps 20   # SOM: 20 flow steps instead
 python scripts/evaluate.py runs/.../nc_lql.pt --episodes 3 --video videos/   # videos/<env>-episode-K.mp4
 
 Without a screen MuJoCo renders offscreen: MUJOCO_GL is set to egl (else osmesa) when unset (common.make_video_env).
@@ -21,13 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 
-def load_any(path: str, num_candidates: int | None):
+def load_any(path: str, num_candidates: int | None, flow_steps: int = 1):
     common.require(os.path.isfile(path), f"no such file: {path!r}.")
     algorithm = torch.load(path, map_location="cpu", weights_only=False).get("algorithm")
     if algorithm == "som":
         import som
 
-        return som.load_policy(path, num_candidates=num_candidates)
+        return som.load_policy(path, num_candidates=num_candidates, flow_steps=flow_steps)
     common.require(algorithm == "nc_lql", f"{path!r} was not written by som.py or nc_lql.py.")
     import nc_lql
 
@@ -60,11 +61,13 @@ def main() -> None:
     p.add_argument("model")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--num-candidates", type=int, default=None, help="SOM only: N (default: the training run's)")
+    p.add_argument("--flow-steps", type=int, default=1, help="SOM only: MeanFlow steps per candidate (1: one step)")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--video", default=None, metavar="FOLDER", help="also record the episodes to this folder")
     cli = p.parse_args()
     common.require(cli.episodes > 0, f"--episodes must be positive, got {cli.episodes}.")
-    policy, args = load_any(cli.model, cli.num_candidates)
+    common.require(cli.flow_steps > 0, f"--flow-steps must be positive, got {cli.flow_steps}.")
+    policy, args = load_any(cli.model, cli.num_candidates, cli.flow_steps)
     returns, lengths = common.evaluate(policy, args.env_id, cli.episodes, cli.seed, "cpu")
     print(f"{args.env_id}: return {returns.mean():.2f} +- {returns.std():.2f} over {cli.episodes} episodes "
           f"(length {lengths.mean():.0f})")  # fmt: skip

@@ -116,6 +116,11 @@ def test_resumed_run_is_not_a_fresh_run(tmp_path):
     assert a["charts/updates"][-1][1] == b["charts/updates"][-1][1]  # same number of updates in total
     assert a["eval/episodic_return"][-1] != b["eval/episodic_return"][-1]
     assert [v for s, v in a["losses/q_values"] if s > 200] != [v for s, v in b["losses/q_values"] if s > 200]
+    # a checkpoint also loads as a policy for evaluation (scripts/evaluate.py), one step or through the flow
+    for flow_steps in (1, 4):
+        policy, args = som.load_policy(ckpt, num_candidates=2, flow_steps=flow_steps)
+        actions = policy(torch.zeros(5, 3))
+        assert args.env_id == "Pendulum-v1" and actions.shape == (5, 1) and actions.abs().max() <= 1
 
 
 @pytest.mark.parametrize("script,loss", [("som.py", "losses/critic_loss"), ("nc_lql.py", "losses/td_loss")])

@@ -240,6 +240,20 @@ def test_one_step_sampling_shapes_bounds_and_best_of_n():
     assert chosen.shape == (5, 2)
 
 
+def test_flow_step_candidates_follow_the_exact_flow_like_one_step_ones():
+    """For the exact decay field (z_0 = e z_1 from noise z_1) one MeanFlow step and eight land on the same point, so
+    sample_actions with flow_steps=8 must return the one-step choice: clip(e * noise) from the same noise draws."""
+    obs = torch.randn(5, 3)
+    torch.manual_seed(3)
+    noise = torch.randn(4, 5, 2)
+    for flow_steps in (1, 8):
+        torch.manual_seed(3)
+        chosen = som.sample_actions(_ExactDecayMeanFlow(), _FixedCritic(), obs, 4, flow_steps)
+        candidates = (math.e * noise).clamp(-1, 1)
+        expected = candidates[_FixedCritic()(obs, candidates).min(0).values.argmax(0), torch.arange(5)]
+        torch.testing.assert_close(chosen, expected)
+
+
 def test_td_target_bootstraps_on_truncation_not_termination():
     critic = _FixedCritic()
     next_obs, next_a = torch.zeros(2, 1), torch.zeros(2, 2)
