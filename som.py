@@ -40,8 +40,8 @@ regressed onto the actor's own 8-step flow from the same noise (distillation, no
 Together: 0.785 after 12,000 updates (99% of the exact PF-ODE); in RL on the bandit at the defaults the last 300
 one-step actions earn 0.621 against 0.156; on Hopper-v4 (CPU settings, 40k steps, two seeds) the one-step policy's
 mean return from 20k to 40k is 305 (both seeds) against 301 and 338 for the first default, best-of-32 rises higher.
-The price is one more K x B pass of both critics and nine actor passes on 64 rows per actor update: 1.54x the
-compute per update (README, Speed).
+The price is one more K x B pass of both critics and nine actor passes on 64 rows per actor update: 1.57x the
+time of a compiled update (README, Speed).
 
 Run:   python som.py --env-id Hopper-v4
        python som.py --env-id Hopper-v4 --compile      # the same math, compiled (README, Speed)
