@@ -97,16 +97,23 @@ commands() {
     return
   fi
   if [ "$SET" = release ]; then  # seeds: SEEDS, default 100 (the release's first seed)
-    local common="--env-id Hopper-v4 --total-timesteps 90000 --eval-frequency 7500 --eval-episodes 20 --compile"
+    local common="--env-id Hopper-v4 --eval-frequency 7500 --eval-episodes 20 --compile"
+    local keep="--checkpoint-frequency 15000 --checkpoint-buffer"  # so a later session can --resume past 90,000
     for seed in ${SEEDS:-100}; do
       if [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; then
-        echo "$PYTHON nc_lql.py $common --seed $seed --exp-name nc_lql_vs_release --save-model"
+        echo "$PYTHON nc_lql.py $common --total-timesteps 90000 --seed $seed --exp-name nc_lql_vs_release --save-model"
       fi
       if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
-        echo "$PYTHON som.py $common --seed $seed --exp-name som_protocol --save-model --checkpoint-frequency 15000"
-        echo "$PYTHON som.py $common --seed $seed --exp-name som_protocol_first_fit --save-model $FIRST_FIT"
+        echo "$PYTHON som.py $common --total-timesteps 90000 --seed $seed --exp-name som_protocol --save-model $keep"
+        echo "$PYTHON som.py $common --total-timesteps 90000 --seed $seed --exp-name som_protocol_first_fit" \
+          "--save-model $FIRST_FIT"
       fi
     done
+    # NC-LQL's second seed, run on to 150,000 transitions: its first 90,000 are the side-by-side's second seed (no
+    # setting depends on the budget), the rest is the README's Hopper-v4 long run
+    if [ -z "${SEEDS:-}" ] && { [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; }; then
+      echo "$PYTHON nc_lql.py $common --total-timesteps 150000 --seed 101 --exp-name nc_lql_vs_release --save-model $keep"
+    fi
     return
   fi
   local som_envs="Hopper-v4 HalfCheetah-v4 Walker2d-v4 Ant-v4 Humanoid-v4"

@@ -51,13 +51,15 @@ def train_actor(args: som.Args, updates: int, seed: int = 0, compile: bool = Fal
     actor, _ = som.build_networks(args, 1, 2, "cpu")
     optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
     critic, obs = ExactBanditCritic(), torch.zeros(args.batch_size, 1)
-    loss_fn = common.compile_hot(som.actor_loss, torch.device("cpu")) if compile else som.actor_loss
-    for _ in range(updates):
-        actions = torch.rand(args.batch_size, 2) * 2 - 1
-        loss, _ = loss_fn(args, (obs, actions), actor, critic)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    eager_loss = som.actor_loss
+    if compile:  # as som.py --compile does: rebind the module's actor_loss, so actor_update runs the compiled one
+        som.actor_loss = common.compile_hot(eager_loss, torch.device("cpu"))
+    try:
+        for _ in range(updates):
+            actions = torch.rand(args.batch_size, 2) * 2 - 1
+            som.actor_update(args, (obs, actions), actor, critic, optimizer)
+    finally:
+        som.actor_loss = eager_loss
     return actor
 
 

@@ -7,7 +7,8 @@
         MultimodalBandit-v0's reward landscape with 500 actions from SOM (N = 1 and N = 32) and NC-LQL
     python scripts/figures.py release RUN_DIR [RUN_DIR ...] --out docs/release.png
         Hopper-v4 eval returns against post-warm-up steps (steps - 30,000), beside the authors' NC-LQL release run
-        on this machine type (its 40 evaluation means, ../shared/reference_numbers.md)
+        on this machine type (its 40 evaluation means, ../shared/reference_numbers.md); longer runs are cut at the
+        release's 60,000 post-warm-up steps (`curves` draws them whole)
 
     python scripts/figures.py summary RUN_DIR [RUN_DIR ...] [--episodes 300]
         no figure: per run, its eval returns (best-of-N and N = 1) as a table row, and the mean return of the first
@@ -114,7 +115,7 @@ def plot_release(paths: list[str], out: str, warmup: int = 30_000) -> None:
             seed = os.path.basename(run).split("__")[2]
             for tag, style in (("eval/episodic_return", "o-"), ("eval/episodic_return_n1", "s--")):
                 steps, values = read_tag(run, tag)
-                keep = steps > warmup
+                keep = (steps > warmup) & (steps - warmup <= release_steps[-1])  # the release's 60,000 steps
                 if keep.any():
                     label = f"{exp}, seed {seed}" + (", N = 1" if tag.endswith("n1") else "")
                     ax.plot(steps[keep] - warmup, values[keep], style, ms=4, label=label)

@@ -48,12 +48,17 @@ def test_quick_set_and_only_filter():
 
 def test_release_set_is_the_readme_side_by_side_runs():
     lines = _dry("release")
-    assert [shlex.split(x)[1] for x in lines] == ["nc_lql.py", "som.py", "som.py"]
+    assert [shlex.split(x)[1] for x in lines] == ["nc_lql.py", "som.py", "som.py", "nc_lql.py"]
+    runs = []
     for line in lines:
         argv = shlex.split(line)
         args = tyro.cli(som.Args if argv[1] == "som.py" else nc_lql.Args, args=argv[2:])
-        assert (args.env_id, args.seed, args.total_timesteps, args.num_envs) == ("Hopper-v4", 100, 90_000, 5)
-        assert (args.learning_starts, args.eval_frequency, args.eval_episodes, args.compile) == (30_000, 7500, 20, True)
+        runs.append((argv[1], args.seed, args.total_timesteps, args.checkpoint_buffer))
+        assert (args.env_id, args.num_envs, args.learning_starts) == ("Hopper-v4", 5, 30_000)
+        assert (args.eval_frequency, args.eval_episodes, args.compile) == (7500, 20, True)
+    assert runs == [("nc_lql.py", 100, 90_000, False), ("som.py", 100, 90_000, True), ("som.py", 100, 90_000, False),
+                    ("nc_lql.py", 101, 150_000, True)]  # fmt: skip
+    assert len(_dry("release", "--only", "som")) == 2
 
 
 def test_long_and_probe_sets_parse():
