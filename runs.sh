@@ -109,8 +109,8 @@ commands() {
           "--save-model $FIRST_FIT"
       fi
     done
-    # NC-LQL's second seed, run on to 150,000 transitions: its first 90,000 are the side-by-side's second seed (no
-    # setting depends on the budget), the rest is the README's Hopper-v4 long run
+    # NC-LQL's second seed, run on to 150,000 transitions: its first 90,000 are the side-by-side's second seed (nothing
+    # before 90,000 depends on the budget; the buffer, min(1M, budget) rows, does not fill), the rest is a long run
     if [ -z "${SEEDS:-}" ] && { [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; }; then
       echo "$PYTHON nc_lql.py $common --total-timesteps 150000 --seed 101 --exp-name nc_lql_vs_release --save-model $keep"
     fi
