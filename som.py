@@ -39,7 +39,7 @@ noised to t, so the field is accurate where the flow from noise runs; and on 64 
 regressed onto the actor's own 8-step flow from the same noise (distillation, no gradient through the target).
 Together: 0.785 after 12,000 updates (99% of the exact PF-ODE); in RL on the bandit at the defaults the last 300
 one-step actions earn 0.621 against 0.156; on Hopper-v4 (CPU settings, 40k steps, two seeds) the one-step policy's
-mean return from 20k to 40k is 305 (both seeds) against 301 and 338 for the first default, best-of-32 rises higher.
+mean return from 20k to 40k is 293 and 316 (seeds 1, 2) against 301 and 338 for the first default.
 The price is one more K x B pass of both critics and nine actor passes on 64 rows per actor update: 1.57x the
 time of a compiled update (README, Speed).
 
