@@ -467,7 +467,9 @@ class Logger:
                 raise
         self.run_dir = run_dir
         self.last_values: dict = {}  # the last value logged under each tag, for error messages
-        self.writer = SummaryWriter(run_dir, purge_step=resume_step)
+        # the checkpoint was written after everything logged at its step: keep those, drop what came later
+        purge_step = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(run_dir, purge_step=purge_step)
         table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
@@ -728,10 +730,27 @@ def save_checkpoint(path: str, algorithm: str, args, modules: dict, optimizers: 
         "rng": _rng_state(envs),
         "buffer": None,
     }
-    if buffer is not None:
-        payload["buffer"] = {f: getattr(buffer, f)[: buffer.size].cpu() for f in BUFFER_FIELDS}
-        payload["buffer"]["pos"] = buffer.pos
+    if buffer is not None:  # the filled rows, oldest first: a resume may give the buffer another capacity
+        order = chronological_rows(buffer.size, buffer.pos, buffer.capacity)
+        payload["buffer"] = {f: getattr(buffer, f)[order.to(buffer.device)].cpu() for f in BUFFER_FIELDS}
     save_atomic(payload, path)
+
+
+def chronological_rows(size: int, pos: int, capacity: int) -> torch.Tensor:
+    """Indices of a ring buffer's filled rows, oldest first: the newest row is the one just before `pos`."""
+    return (pos - size + torch.arange(size)) % capacity
+
+
+def restore_buffer(buffer, saved: dict) -> None:
+    """Put saved rows (oldest first) at the start of `buffer`, so that the next write goes right after the newest and
+    `buffer.size` covers only rows that were written. A smaller capacity keeps the newest rows."""
+    if "pos" in saved:  # written before the rows were saved oldest first: rows in ring order, next write at pos
+        order = chronological_rows(len(saved["obs"]), saved["pos"], len(saved["obs"]))
+        saved = {f: saved[f][order] for f in BUFFER_FIELDS}
+    kept = min(len(saved["obs"]), buffer.capacity)
+    for f in BUFFER_FIELDS:
+        getattr(buffer, f)[:kept] = saved[f][len(saved[f]) - kept :].to(getattr(buffer, f).device)
+    buffer.size, buffer.pos = kept, kept % buffer.capacity
 
 
 def load_checkpoint(path: str, algorithm: str, env_id: str, modules: dict, optimizers: dict, envs,
@@ -745,10 +764,7 @@ def load_checkpoint(path: str, algorithm: str, env_id: str, modules: dict, optim
         o.load_state_dict(payload["optimizers"][name])
     _set_rng_state(payload["rng"], envs)
     if buffer is not None and payload["buffer"] is not None:
-        n = len(payload["buffer"]["obs"])
-        for f in BUFFER_FIELDS:
-            getattr(buffer, f)[:n] = payload["buffer"][f].to(getattr(buffer, f).device)
-        buffer.size, buffer.pos = n, payload["buffer"]["pos"]
+        restore_buffer(buffer, payload["buffer"])
     return payload["counters"]
 
 

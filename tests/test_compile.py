@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 import torch._inductor.config as inductor_config
-from helpers import read_scalars, run_script
+from helpers import assert_same_run, read_scalars, run_script
 
 import common
 import nc_lql
@@ -151,33 +151,37 @@ def test_som_full_update_compiled_equals_eager(actor_fit, monkeypatch, same_rand
 
 # ---------------------------------------------------------------------------------------------- whole runs, --compile
 
-TINY = ["--env-id", "Pendulum-v1", "--num-envs", "2", "--learning-starts", "100", "--batch-size", "32",
+TINY = ["--env-id", "MultimodalBandit-v0", "--num-envs", "2", "--learning-starts", "100", "--batch-size", "32",
         "--eval-frequency", "100", "--eval-episodes", "3", "--log-frequency", "50", "--hidden-dim", "32",
-        "--no-cuda"]  # fmt: skip
+        "--checkpoint-frequency", "100", "--checkpoint-buffer", "--no-cuda"]  # fmt: skip
 SCRIPT_TINY = {"som.py": ["--num-mc-samples", "8", "--num-candidates", "4"],
                "nc_lql.py": ["--num-levels", "3", "--steps-per-level", "1"]}  # fmt: skip
 
 
 @pytest.mark.parametrize("script", ["som.py", "nc_lql.py"])
-def test_compiled_run_is_deterministic_saves_and_resumes_in_eager_mode(script, tmp_path):
-    cli = [*TINY, *SCRIPT_TINY[script], "--total-timesteps", "200", "--checkpoint-frequency", "100", "--save-model"]
-    evals = []
-    for name in ("a", "b"):  # the same seed twice, compiled: identical results (the second run hits inductor's cache)
-        proc = run_script(script, *cli, "--compile", "--run-dir", str(tmp_path / name))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        # acting (2 envs), evaluation (3 episodes; SOM: N and N = 1) and the update's hot functions, once each
-        expected = {"som.py": 6, "nc_lql.py": 5}[script]
-        assert f"torch.compile built {expected} graphs" in proc.stdout, proc.stdout[-2000:]
-        evals.append([v for _, v in read_scalars(str(tmp_path / name))["eval/episodic_return"]])
-    assert len(evals[0]) == 2 and evals[0] == evals[1]
+def test_compiled_run_is_deterministic_resumes_exactly_and_continues_in_eager_mode(script, tmp_path):
+    """On the bandit (no state inside an episode): 200 compiled steps in one go, and 100 compiled steps then --resume
+    to 200, end in the same state bit for bit (the second and third processes hit inductor's cache)."""
+    cli = [*TINY, *SCRIPT_TINY[script], "--compile", "--save-model"]
+    whole = run_script(script, *cli, "--total-timesteps", "200", "--run-dir", str(tmp_path / "a"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    # acting (2 envs), evaluation (3 episodes; SOM: N and N = 1) and the update's hot functions, once each
+    expected = {"som.py": 6, "nc_lql.py": 5}[script]
+    assert f"torch.compile built {expected} graphs" in whole.stdout, whole.stdout[-2000:]
+    half = run_script(script, *cli, "--total-timesteps", "100", "--run-dir", str(tmp_path / "b"))
+    assert half.returncode == 0, half.stderr[-3000:]
+    (checkpoint,) = glob.glob(str(tmp_path / "b" / "*" / "checkpoint.pt"))
+    rest = run_script(script, "--resume", checkpoint, "--total-timesteps", "200")
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert_same_run(str(tmp_path / "a"), str(tmp_path / "b"))
 
     # the compiled run's checkpoint continues eagerly, and its saved model loads in plain PyTorch
     (checkpoint,) = glob.glob(str(tmp_path / "a" / "*" / "checkpoint.pt"))
     proc = run_script(script, "--resume", checkpoint, "--total-timesteps", "300", "--no-compile")
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [s for s, _ in read_scalars(str(tmp_path / "a"))["eval/episodic_return"]]
-    assert steps[-1] == 300
+    assert steps == [100, 200, 300]
     (model,) = glob.glob(str(tmp_path / "a" / "*" / f"{os.path.splitext(script)[0]}.pt"))
     policy, _ = (som if script == "som.py" else nc_lql).load_policy(model)
-    actions = policy(torch.zeros(3, 3))
-    assert actions.shape == (3, 1) and actions.abs().max() <= 1.0
+    actions = policy(torch.zeros(3, 1))
+    assert actions.shape == (3, 2) and actions.abs().max() <= 1.0

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, assert_one_sentence_error, read_scalars, run_script, script_env
+from helpers import ROOT, assert_one_sentence_error, assert_same_run, read_scalars, run_script, script_env
 
 import common
 import som
@@ -67,6 +67,61 @@ def test_checkpoint_round_trip_restores_networks_optimisers_buffer_counters_and_
     assert torch.equal(draws[2], expected_draws[2]) and np.array_equal(draws[3], expected_draws[3])
 
 
+@pytest.mark.parametrize("new_capacity", [40, 24, 10])
+def test_a_full_buffer_resumes_into_any_capacity_with_only_written_rows_in_order(new_capacity, tmp_path):
+    """A full 24-row buffer has wrapped (36 rows added, 3 per step: the next write is at row 12). Resumed into a larger
+    (40), the same (24) or a smaller (10) capacity, it holds exactly the newest rows that were added, oldest first,
+    the next write goes right after the newest, and every sampled row is one that was added."""
+    envs = common.make_vector_env("Pendulum-v1", 3, seed=0)
+    args = som.Args(env_id="Pendulum-v1")
+    rb = som.ReplayBuffer(24, 3, 1, torch.device("cpu"))
+    for i in range(12):  # row k of the history carries obs = k everywhere, reward = k, action = k / 100
+        k = np.arange(3 * i, 3 * i + 3, dtype=np.float32)
+        rb.add(np.repeat(k[:, None], 3, 1), np.repeat(k[:, None] + 1, 3, 1), k[:, None] / 100, k, k % 2)
+    assert (rb.size, rb.pos) == (24, 12)
+    path = str(tmp_path / "checkpoint.pt")
+    common.save_checkpoint(path, "som", args, {}, {}, {"global_step": 36}, envs, rb)
+
+    resumed = som.ReplayBuffer(new_capacity, 3, 1, torch.device("cpu"))
+    common.load_checkpoint(path, "som", "Pendulum-v1", {}, {}, envs, resumed)
+    kept = min(24, new_capacity)
+    newest = torch.arange(36 - kept, 36, dtype=torch.float32)  # the rows that survive, oldest first
+    assert resumed.size == kept and resumed.pos == kept % new_capacity
+    torch.testing.assert_close(resumed.rewards[:kept], newest)
+    torch.testing.assert_close(resumed.obs[:kept], newest[:, None].expand(kept, 3))
+    torch.testing.assert_close(resumed.next_obs[:kept, 0], newest + 1)
+    torch.testing.assert_close(resumed.actions[:kept, 0], newest / 100)
+    torch.testing.assert_close(resumed.terminated[:kept], newest % 2)
+    # three more steps after the resume: the newest rows follow on, nothing unwritten is ever sampled
+    for i in range(12, 15):
+        k = np.arange(3 * i, 3 * i + 3, dtype=np.float32)
+        resumed.add(np.repeat(k[:, None], 3, 1), np.repeat(k[:, None] + 1, 3, 1), k[:, None] / 100, k, k % 2)
+    rows = resumed.rewards[chronological_order(resumed)]
+    torch.testing.assert_close(rows, torch.arange(45 - len(rows), 45, dtype=torch.float32))
+    obs, actions, rewards, next_obs, _ = resumed.sample(2000)
+    assert set(rewards.tolist()) == set(rows.tolist())
+    torch.testing.assert_close(obs[:, 0], rewards)
+    torch.testing.assert_close(next_obs[:, 0], rewards + 1)
+
+
+def chronological_order(rb) -> torch.Tensor:
+    return common.chronological_rows(rb.size, rb.pos, rb.capacity)
+
+
+def test_a_checkpoint_with_a_ring_ordered_buffer_still_resumes_in_order(tmp_path):
+    """Checkpoints written before the rows were saved oldest first hold them in ring order with the write position."""
+    envs = common.make_vector_env("Pendulum-v1", 1, seed=0)
+    saved = {"obs": torch.tensor([[3.0], [4.0], [1.0], [2.0]]), "pos": 2}  # rows 1, 2, 3, 4 added, next write at 2
+    saved.update(next_obs=saved["obs"] + 1, actions=saved["obs"] / 10, rewards=saved["obs"][:, 0],
+                 terminated=torch.zeros(4))  # fmt: skip
+    common.save_atomic({"algorithm": "som", "args": {"env_id": "Pendulum-v1"}, "modules": {}, "optimizers": {},
+                        "counters": {}, "rng": common._rng_state(envs), "buffer": saved}, str(tmp_path / "c.pt"))  # fmt: skip
+    rb = som.ReplayBuffer(10, 1, 1, torch.device("cpu"))
+    common.load_checkpoint(str(tmp_path / "c.pt"), "som", "Pendulum-v1", {}, {}, envs, rb)
+    assert (rb.size, rb.pos) == (4, 4)
+    torch.testing.assert_close(rb.rewards[:4], torch.tensor([1.0, 2.0, 3.0, 4.0]))
+
+
 @pytest.mark.parametrize("script,sig", [("som.py", signal.SIGTERM), ("nc_lql.py", signal.SIGINT)])
 def test_signal_writes_a_checkpoint_exits_zero_and_resume_continues(script, sig, tmp_path):
     runs = str(tmp_path / "runs")
@@ -101,26 +156,30 @@ def test_signal_writes_a_checkpoint_exits_zero_and_resume_continues(script, sig,
     assert scalars["eval/episodic_return"][-1][0] == stopped_at + 60
 
 
-def test_resumed_run_is_not_a_fresh_run(tmp_path):
-    """After resume the networks are the trained ones: the first losses differ from a fresh run's."""
-    runs = str(tmp_path / "a")
-    first = run_script("som.py", "--env-id", "Pendulum-v1", *SOM_TINY, "--total-timesteps", "200",
-                       "--checkpoint-frequency", "200", "--eval-frequency", "200", "--run-dir", runs)  # fmt: skip
-    assert first.returncode == 0, first.stderr[-2000:]
-    (ckpt,) = glob.glob(os.path.join(runs, "*", "checkpoint.pt"))
-    resumed = run_script("som.py", "--resume", ckpt, "--total-timesteps", "400")
-    fresh = run_script("som.py", "--env-id", "Pendulum-v1", *SOM_TINY, "--total-timesteps", "400",
-                       "--eval-frequency", "200", "--run-dir", str(tmp_path / "b"))  # fmt: skip
-    assert resumed.returncode == 0 and fresh.returncode == 0
-    a, b = read_scalars(runs), read_scalars(str(tmp_path / "b"))
-    assert a["charts/updates"][-1][1] == b["charts/updates"][-1][1]  # same number of updates in total
-    assert a["eval/episodic_return"][-1] != b["eval/episodic_return"][-1]
-    assert [v for s, v in a["losses/q_values"] if s > 200] != [v for s, v in b["losses/q_values"] if s > 200]
-    # a checkpoint also loads as a policy for evaluation (scripts/evaluate.py), one step or through the flow
-    for flow_steps in (1, 4):
-        policy, args = som.load_policy(ckpt, num_candidates=2, flow_steps=flow_steps)
-        actions = policy(torch.zeros(5, 3))
-        assert args.env_id == "Pendulum-v1" and actions.shape == (5, 1) and actions.abs().max() <= 1
+BANDIT = ["--env-id", "MultimodalBandit-v0", "--num-envs", "2", "--learning-starts", "40", "--batch-size", "16",
+          "--eval-frequency", "60", "--eval-episodes", "3", "--log-frequency", "20", "--hidden-dim", "32",
+          "--checkpoint-frequency", "60", "--checkpoint-buffer"]  # fmt: skip
+BANDIT_EXTRA = {"som.py": ["--num-mc-samples", "8", "--num-candidates", "4"], "nc_lql.py": []}
+
+
+@pytest.mark.parametrize("script", ["som.py", "nc_lql.py"])
+def test_a_resumed_run_is_the_uninterrupted_run(script, tmp_path):
+    """On the bandit (no state inside an episode) 120 steps in one go and 60 steps, a checkpoint with the buffer and
+    --resume to 120 give the same evaluation returns, networks, optimiser states, counters and replay buffer, bit for
+    bit. The first half's buffer holds 60 rows and is full when it stops (its capacity is min(--buffer-size, budget)),
+    so the resumed run also carries a full buffer into a larger one. (Compiled: tests/test_compile.py.)"""
+    cli = [*BANDIT, *BANDIT_EXTRA[script]]
+    whole = run_script(script, *cli, "--total-timesteps", "120", "--run-dir", str(tmp_path / "whole"))
+    half = run_script(script, *cli, "--total-timesteps", "60", "--run-dir", str(tmp_path / "split"))
+    assert whole.returncode == 0 and half.returncode == 0, (whole.stderr + half.stderr)[-3000:]
+    (ckpt,) = glob.glob(os.path.join(str(tmp_path / "split"), "*", "checkpoint.pt"))
+    rest = run_script(script, "--resume", ckpt, "--total-timesteps", "120")
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert "at step 60 with 60 transitions" in rest.stdout
+
+    whole_state = assert_same_run(str(tmp_path / "whole"), str(tmp_path / "split"))
+    assert whole_state["counters"]["global_step"] == 120 and whole_state["counters"]["updates"] == (120 - 40) // 2 + 1
+    assert [s for s, _ in read_scalars(str(tmp_path / "whole"))["eval/episodic_return"]] == [60, 120]
 
 
 @pytest.mark.parametrize("script,loss", [("som.py", "losses/critic_loss"), ("nc_lql.py", "losses/td_loss")])
