@@ -635,11 +635,23 @@ def save_atomic(payload: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
+def read_saved(path: str) -> dict:
+    """The dict in a file written by save_atomic; a missing, unreadable or foreign file is one sentence."""
+    require(os.path.isfile(path), f"no such file: {path!r}.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a truncated zip, a pickle of something else, a text file, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"{path!r} is not a saved model or checkpoint ({reason.rstrip('.')}).") from None
+    require(isinstance(payload, dict) and "algorithm" in payload,
+            f"{path!r} is not a saved model or checkpoint of som.py or nc_lql.py.")  # fmt: skip
+    return payload
+
+
 def load_checked(path: str, algorithm: str, env_id: Optional[str] = None) -> dict:
     """Load a file written by save_atomic and check it was made by `algorithm` (and for `env_id` when given)."""
-    require(os.path.isfile(path), f"no such file: {path!r}.")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    written_by = payload.get("algorithm") if isinstance(payload, dict) else None
+    payload = read_saved(path)
+    written_by = payload.get("algorithm")
     require(written_by == algorithm, f"{path!r} was written by {written_by or 'something else'}, not by {algorithm}.")
     if env_id is not None:
         saved_env = payload["args"]["env_id"]

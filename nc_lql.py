@@ -321,14 +321,34 @@ def update_targets(args: Args, batch, critic, critic_target, sigmas: torch.Tenso
     return y, q_bar, levels, noised
 
 
-def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: torch.Tensor, act_dim: int) -> dict:
+@dataclass(frozen=True)
+class HotPaths:
+    """The functions a run calls at every step. Eager by default; with --compile, compiled copies of the same
+    functions (the same math, tests/test_compile.py). critic_update takes one of these."""
+
+    sample_actions: Callable
+    update_targets: Callable
+    td_loss: Callable
+    denoising_loss: Callable
+
+
+def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> HotPaths:
+    """The eager hot functions, or with `compile` each wrapped in torch.compile (LeanRL's pattern)."""
+    eager = [sample_actions, update_targets, td_loss, denoising_loss]
+    return HotPaths(*(common.compile_hot(fn, device or torch.device("cpu")) if compile else fn for fn in eager))
+
+
+def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: torch.Tensor, act_dim: int,
+                  hot: Optional[HotPaths] = None) -> dict:  # fmt: skip
     """One update in the release's order: targets from the pre-update critics, a TD step at the clean level, then
     a denoising step onto the PRE-update mean critic. Both critics share one Adam over their stacked parameters,
-    which is the same as one Adam per critic (Adam acts elementwise and the losses are summed over critics)."""
+    which is the same as one Adam per critic (Adam acts elementwise and the losses are summed over critics).
+    `hot`: the functions to run (default: the eager ones)."""
+    hot = hot or hot_paths()
     obs, actions = batch[0], batch[1]
-    y, q_bar, levels, noised = update_targets(args, batch, critic, critic_target, sigmas, act_dim)
+    y, q_bar, levels, noised = hot.update_targets(args, batch, critic, critic_target, sigmas, act_dim)
 
-    loss_td = td_loss(critic, obs, actions, len(sigmas) - 1, y)
+    loss_td = hot.td_loss(critic, obs, actions, len(sigmas) - 1, y)
     common.check_finite("losses/td_loss", loss_td)
     optimizer.zero_grad(set_to_none=True)
     loss_td.backward()
@@ -336,7 +356,7 @@ def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: t
     info = {"losses/td_loss": loss_td.detach(), "losses/q_values": q_bar.mean(), "losses/td_target": y.mean()}
 
     if not args.lql:
-        loss_dn = denoising_loss(critic, obs, noised, levels, q_bar)
+        loss_dn = hot.denoising_loss(critic, obs, noised, levels, q_bar)
         common.check_finite("losses/denoising_loss", loss_dn)
         optimizer.zero_grad(set_to_none=True)
         loss_dn.backward()
@@ -390,12 +410,14 @@ def validate(args: Args) -> None:
 # Training
 # ====================================================================================================================
 
-if __name__ == "__main__":
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Train from the command line `argv` (default: sys.argv[1:])."""
     import tyro
 
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, args=argv)
     if args.resume:  # the checkpoint's arguments, with the flags that may change taken from the command line
-        args = common.resume_args(args, args.resume, ALGORITHM)
+        args = common.resume_args(args, args.resume, ALGORITHM, argv)
     validate(args)
     if args.lql:
         args.num_levels = 1
@@ -406,11 +428,7 @@ if __name__ == "__main__":
 
     common.seed_everything(args.seed, args.torch_deterministic)
     device = common.pick_device(args.cuda)
-    if args.compile:  # LeanRL-style: rebind the hot functions to compiled ones; the loop is unchanged
-        sample_actions = common.compile_hot(sample_actions, device)
-        update_targets = common.compile_hot(update_targets, device)
-        td_loss = common.compile_hot(td_loss, device)
-        denoising_loss = common.compile_hot(denoising_loss, device)
+    hot = hot_paths(args.compile, device)  # the eager functions, or compiled copies of them
     envs = common.make_vector_env(args.env_id, args.num_envs, args.seed,
                                   os.path.join(run_dir, "videos") if args.capture_video else None)  # fmt: skip
     obs_dim = int(np.prod(envs.single_observation_space.shape))
@@ -441,7 +459,7 @@ if __name__ == "__main__":
 
     @torch.no_grad()
     def policy(o: torch.Tensor) -> torch.Tensor:
-        return sample_actions(critic, o, args, act_dim)
+        return hot.sample_actions(critic, o, args, act_dim)
 
     stop = common.StopSignal()
     obs, _ = envs.reset(seed=args.seed + step["global_step"])  # in-flight episodes restart after a resume
@@ -462,13 +480,16 @@ if __name__ == "__main__":
                 last_return = episode_return
                 logger.scalars({"charts/episodic_return": episode_return, "charts/episodic_length": episode_length},
                                global_step)  # fmt: skip
-            rb.add(obs, common.real_next_obs(next_obs, infos), actions, rewards, terminated)
+            real_next_obs = common.real_next_obs(next_obs, infos)
+            common.check_finite("rewards", rewards)  # a NaN from the env never enters the buffer
+            common.check_finite("observations", real_next_obs)
+            rb.add(obs, real_next_obs, actions, rewards, terminated)
             obs = next_obs
 
             # ---- learn: one two-step critic update per vector step ----
             if global_step >= args.learning_starts:
                 update_info = critic_update(args, rb.sample(args.batch_size), critic, critic_target, optimizer,
-                                            sigmas, act_dim)  # fmt: skip
+                                            sigmas, act_dim, hot)  # fmt: skip
                 common.polyak_update(critic_target, critic, args.tau)
                 step["updates"] += 1
 
@@ -519,3 +540,7 @@ if __name__ == "__main__":
         print(f"torch.compile built {common.compiled_graph_count()} graphs in this run", flush=True)
     envs.close()
     logger.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -27,7 +27,11 @@ while [ $# -gt 0 ]; do
     paper|quick|release|long|probe) SET="$1" ;;
     --dry-run) MODE=dry ;;
     --slurm) MODE=slurm ;;
-    --only) ONLY="$2"; shift ;;
+    --only)
+      case "${2:-}" in
+        som|nc_lql) ONLY="$2"; shift ;;
+        *) echo "runs.sh: --only takes som or nc_lql, got '${2:-}' (see ./runs.sh --help)" >&2; exit 2 ;;
+      esac ;;
     -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "runs.sh: unknown argument '$1' (see ./runs.sh --help)" >&2; exit 2 ;;
   esac
@@ -138,6 +142,10 @@ commands() {
 }
 
 mapfile -t JOBS < <(commands | sed 's/ *$//')
+if [ ${#JOBS[@]} -eq 0 ]; then
+  echo "runs.sh: the $SET set has no ${ONLY:-} jobs" >&2
+  exit 2
+fi
 
 case "$MODE" in
   dry)

@@ -565,9 +565,29 @@ def actor_loss(args: Args, batch, actor, critic) -> tuple[torch.Tensor, dict]:
     return loss, {f"losses/{k}": v for k, v in {**score_info, **flow_info}.items()}
 
 
-def critic_update(args: Args, batch, actor, critic, critic_target, critic_optimizer) -> dict:
-    y = bootstrap_target(args, batch, actor, critic, critic_target)
-    loss, q_mean = critic_loss(critic, batch[0], batch[1], y)
+@dataclass(frozen=True)
+class HotPaths:
+    """The functions a run calls at every step. Eager by default; with --compile, compiled copies of the same
+    functions (the same math, tests/test_compile.py). The update functions take one of these."""
+
+    sample_actions: Callable
+    bootstrap_target: Callable
+    critic_loss: Callable
+    actor_loss: Callable
+
+
+def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> HotPaths:
+    """The eager hot functions, or with `compile` each wrapped in torch.compile (LeanRL's pattern)."""
+    eager = [sample_actions, bootstrap_target, critic_loss, actor_loss]
+    return HotPaths(*(common.compile_hot(fn, device or torch.device("cpu")) if compile else fn for fn in eager))
+
+
+def critic_update(args: Args, batch, actor, critic, critic_target, critic_optimizer,
+                  hot: Optional[HotPaths] = None) -> dict:  # fmt: skip
+    """One Adam step of both critics toward the TD target. `hot`: the functions to run (default: the eager ones)."""
+    hot = hot or hot_paths()
+    y = hot.bootstrap_target(args, batch, actor, critic, critic_target)
+    loss, q_mean = hot.critic_loss(critic, batch[0], batch[1], y)
     common.check_finite("losses/critic_loss", loss)
     critic_optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -575,8 +595,10 @@ def critic_update(args: Args, batch, actor, critic, critic_target, critic_optimi
     return {"losses/critic_loss": loss.detach(), "losses/q_values": q_mean}
 
 
-def actor_update(args: Args, batch, actor, critic, actor_optimizer) -> dict:
-    loss, info = actor_loss(args, batch, actor, critic)
+def actor_update(args: Args, batch, actor, critic, actor_optimizer, hot: Optional[HotPaths] = None) -> dict:
+    """One Adam step of the actor on the MeanFlow loss. `hot`: the functions to run (default: the eager ones)."""
+    hot = hot or hot_paths()
+    loss, info = hot.actor_loss(args, batch, actor, critic)
     common.check_finite("losses/actor_loss", loss)
     actor_optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -641,12 +663,14 @@ def validate(args: Args) -> None:
 # Training
 # ====================================================================================================================
 
-if __name__ == "__main__":
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Train from the command line `argv` (default: sys.argv[1:])."""
     import tyro
 
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, args=argv)
     if args.resume:  # the checkpoint's arguments, with the flags that may change taken from the command line
-        args = common.resume_args(args, args.resume, ALGORITHM)
+        args = common.resume_args(args, args.resume, ALGORITHM, argv)
     validate(args)
     if args.num_target_candidates is None:
         args.num_target_candidates = args.num_candidates
@@ -657,11 +681,7 @@ if __name__ == "__main__":
 
     common.seed_everything(args.seed, args.torch_deterministic)
     device = common.pick_device(args.cuda)
-    if args.compile:  # LeanRL-style: rebind the hot functions to compiled ones; the loop is unchanged
-        sample_actions = common.compile_hot(sample_actions, device)
-        bootstrap_target = common.compile_hot(bootstrap_target, device)
-        critic_loss = common.compile_hot(critic_loss, device)
-        actor_loss = common.compile_hot(actor_loss, device)
+    hot = hot_paths(args.compile, device)  # the eager functions, or compiled copies of them
     envs = common.make_vector_env(args.env_id, args.num_envs, args.seed,
                                   os.path.join(run_dir, "videos") if args.capture_video else None)  # fmt: skip
     obs_dim = int(np.prod(envs.single_observation_space.shape))
@@ -694,7 +714,7 @@ if __name__ == "__main__":
     def policy_for(n: int):
         @torch.no_grad()
         def policy(o):
-            return sample_actions(actor, critic, o, n)
+            return hot.sample_actions(actor, critic, o, n)
 
         return policy
 
@@ -711,7 +731,7 @@ if __name__ == "__main__":
             else:
                 with torch.no_grad():
                     obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-                    action_t = sample_actions(actor, critic, obs_t, args.num_candidates)
+                    action_t = hot.sample_actions(actor, critic, obs_t, args.num_candidates)
                     if args.exploration_noise > 0:
                         action_t = action_t + args.exploration_noise * torch.randn_like(action_t)
                 actions = action_t.clamp(-1.0, 1.0).cpu().numpy()
@@ -724,14 +744,17 @@ if __name__ == "__main__":
                 last_return = episode_return
                 logger.scalars({"charts/episodic_return": episode_return, "charts/episodic_length": episode_length},
                                global_step)  # fmt: skip
-            rb.add(obs, common.real_next_obs(next_obs, infos), actions, rewards, terminated)
+            real_next_obs = common.real_next_obs(next_obs, infos)
+            common.check_finite("rewards", rewards)  # a NaN from the env never enters the buffer
+            common.check_finite("observations", real_next_obs)
+            rb.add(obs, real_next_obs, actions, rewards, terminated)
             obs = next_obs
 
             # ---- learn: one critic and one actor update per vector step ----
             if global_step >= args.learning_starts:
                 batch = rb.sample(args.batch_size)
-                update_info = critic_update(args, batch, actor, critic, critic_target, critic_optimizer)
-                update_info.update(actor_update(args, batch, actor, critic, actor_optimizer))
+                update_info = critic_update(args, batch, actor, critic, critic_target, critic_optimizer, hot)
+                update_info.update(actor_update(args, batch, actor, critic, actor_optimizer, hot))
                 common.polyak_update(critic_target, critic, args.tau)
                 step["updates"] += 1
 
@@ -792,3 +815,7 @@ if __name__ == "__main__":
         print(f"torch.compile built {common.compiled_graph_count()} graphs in this run", flush=True)
     envs.close()
     logger.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -45,21 +45,16 @@ class ExactBanditCritic(torch.nn.Module):
 
 
 def train_actor(args: som.Args, updates: int, seed: int = 0, compile: bool = False) -> som.MeanFlowActor:
-    """`updates` actor updates on uniform replay actions; compile: som.actor_loss compiled as with --compile (about
+    """`updates` actor updates on uniform replay actions; compile: the hot functions compiled as with --compile (about
     40 s of compiling, then 3-4x faster per update)."""
     torch.manual_seed(seed)
     actor, _ = som.build_networks(args, 1, 2, "cpu")
     optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
     critic, obs = ExactBanditCritic(), torch.zeros(args.batch_size, 1)
-    eager_loss = som.actor_loss
-    if compile:  # as som.py --compile does: rebind the module's actor_loss, so actor_update runs the compiled one
-        som.actor_loss = common.compile_hot(eager_loss, torch.device("cpu"))
-    try:
-        for _ in range(updates):
-            actions = torch.rand(args.batch_size, 2) * 2 - 1
-            som.actor_update(args, (obs, actions), actor, critic, optimizer)
-    finally:
-        som.actor_loss = eager_loss
+    hot = som.hot_paths(compile)  # as som.py --compile builds them
+    for _ in range(updates):
+        actions = torch.rand(args.batch_size, 2) * 2 - 1
+        som.actor_update(args, (obs, actions), actor, critic, optimizer, hot)
     return actor
 
 

@@ -22,14 +22,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 
-def load_any(path: str, num_candidates: int | None, flow_steps: int = 1):
-    common.require(os.path.isfile(path), f"no such file: {path!r}.")
-    algorithm = torch.load(path, map_location="cpu", weights_only=False).get("algorithm")
+def load_any(path: str, num_candidates: int | None, flow_steps: int | None):
+    """(policy, args) of a som.py or nc_lql.py file; SOM's options are refused for an NC-LQL file."""
+    algorithm = common.read_saved(path).get("algorithm")
     if algorithm == "som":
         import som
 
-        return som.load_policy(path, num_candidates=num_candidates, flow_steps=flow_steps)
+        return som.load_policy(path, num_candidates=num_candidates, flow_steps=flow_steps or 1)
     common.require(algorithm == "nc_lql", f"{path!r} was not written by som.py or nc_lql.py.")
+    given = [flag for flag, value in (("--num-candidates", num_candidates), ("--flow-steps", flow_steps)) if value]
+    verb = "apply" if len(given) > 1 else "applies"
+    common.require(not given, f"{' and '.join(given)} {verb} to SOM models only; {path!r} is an NC-LQL model.")
     import nc_lql
 
     return nc_lql.load_policy(path)
@@ -61,12 +64,13 @@ def main() -> None:
     p.add_argument("model")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--num-candidates", type=int, default=None, help="SOM only: N (default: the training run's)")
-    p.add_argument("--flow-steps", type=int, default=1, help="SOM only: MeanFlow steps per candidate (1: one step)")
+    p.add_argument("--flow-steps", type=int, default=None, help="SOM only: MeanFlow steps per candidate (default 1)")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--video", default=None, metavar="FOLDER", help="also record the episodes to this folder")
     cli = p.parse_args()
     common.require(cli.episodes > 0, f"--episodes must be positive, got {cli.episodes}.")
-    common.require(cli.flow_steps > 0, f"--flow-steps must be positive, got {cli.flow_steps}.")
+    for flag, value in (("--num-candidates", cli.num_candidates), ("--flow-steps", cli.flow_steps)):
+        common.require(value is None or value > 0, f"{flag} must be positive, got {value}.")
     policy, args = load_any(cli.model, cli.num_candidates, cli.flow_steps)
     returns, lengths = common.evaluate(policy, args.env_id, cli.episodes, cli.seed, "cpu")
     print(f"{args.env_id}: return {returns.mean():.2f} +- {returns.std():.2f} over {cli.episodes} episodes "

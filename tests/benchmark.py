@@ -105,19 +105,12 @@ def main() -> None:
     h, reps = 256, cli.repeats
     compile_s = {}
 
-    def both(name, fn, hot: dict, module, repeats: int) -> tuple[float, float]:
-        """(eager ms, compiled ms) of fn(); `hot` names the module's functions to swap for compiled ones."""
-        eager = timed(fn, repeats)
-        originals = {n: getattr(module, n) for n in hot}
-        for n in hot:
-            setattr(module, n, common.compile_hot(originals[n], cpu))
-        try:
-            compile_s[name] = first_call_seconds(fn)
-            fast = timed(fn, repeats)
-        finally:
-            for n, f in originals.items():
-                setattr(module, n, f)
-        return eager, fast
+    def both(name, fn, module, repeats: int) -> tuple[float, float]:
+        """(eager ms, compiled ms) of fn(hot): with the module's eager hot functions, then with compiled ones."""
+        eager_hot, compiled_hot = module.hot_paths(), module.hot_paths(compile=True, device=cpu)
+        eager = timed(lambda: fn(eager_hot), repeats)
+        compile_s[name] = first_call_seconds(lambda: fn(compiled_hot))
+        return eager, timed(lambda: fn(compiled_hot), repeats)
 
     x, wmat = torch.randn(K * B, h), torch.randn(2, h, h)
     ms_mm = timed(lambda: torch.matmul(x.view(1, -1, h), wmat), reps)
@@ -137,8 +130,8 @@ def main() -> None:
         one_obs = torch.randn(1, S)
         for n in (1, N):
             with torch.no_grad():
-                e, c = both(f"som act N={n}", lambda n=n: som.sample_actions(actor, critic, one_obs, n),
-                            {"sample_actions": 1}, som, reps * 10)  # fmt: skip
+                e, c = both(f"som act N={n}", lambda hot, n=n: hot.sample_actions(actor, critic, one_obs, n), som,
+                            reps * 10)  # fmt: skip
             table.add(f"SOM action, one observation, N = {n}", e, c)
 
         # next-action candidates: actor and both critics on N x B rows; the target critics on B rows; states once each
@@ -149,18 +142,18 @@ def main() -> None:
         )
         flops_target += mlp_flops(B, [S, h]) * 3
         with torch.no_grad():
-            e, c = both("som td target", lambda: som.bootstrap_target(args, batch, actor, critic, critic_target),
-                        {"sample_actions": 1, "bootstrap_target": 1}, som, reps)  # fmt: skip
+            e, c = both("som td target", lambda hot: hot.bootstrap_target(args, batch, actor, critic, critic_target),
+                        som, reps)  # fmt: skip
         table.add(f"SOM TD target (best-of-{N} next action, target critics)", e, c, flops_target / 1e9)
 
-        def critic_step():
-            loss, _ = som.critic_loss(critic, batch[0], batch[1], batch[2])
+        def critic_step(hot):
+            loss, _ = hot.critic_loss(critic, batch[0], batch[1], batch[2])
             critic_opt.zero_grad()
             loss.backward()
             critic_opt.step()
 
         flops_critic_step = 3 * 2 * mlp_flops(B, [S + A] + critic_sizes[1:])
-        e, c = both("som critic step", critic_step, {"critic_loss": 1}, som, reps)
+        e, c = both("som critic step", critic_step, som, reps)
         table.add("SOM critic step (TD loss, backward, Adam)", e, c, flops_critic_step / 1e9)
 
         t_rand, noised = torch.rand(B, 1) * 0.998 + 0.001, torch.randn(B, A)
@@ -171,11 +164,14 @@ def main() -> None:
                                    args.beta_min, args.beta_max)  # fmt: skip
 
         flops_score = 2 * mlp_flops(K * B, critic_sizes) + 2 * mlp_flops(B, [S, h])
-        e, c = both("som score estimate", score, {"score_estimate": 1}, som, reps)
+        e = timed(score, reps)
+        compiled_score = common.compile_hot(score, cpu)
+        compile_s["som score estimate"] = first_call_seconds(compiled_score)
+        c = timed(compiled_score, reps)
         table.add(f"SOM score estimate (K = {K}, {K * B} rows x 2 critics)", e, c, flops_score / 1e9)
 
-        def actor_step():
-            loss, _ = som.actor_loss(args, batch, actor, critic)
+        def actor_step(hot):
+            loss, _ = hot.actor_loss(args, batch, actor, critic)
             actor_opt.zero_grad()
             loss.backward()
             actor_opt.step()
@@ -186,28 +182,27 @@ def main() -> None:
         actor_rows = 5 * B + (args.distill_steps + 3) * args.distill_rows
         flops_boltzmann = 2 * mlp_flops(K * B, critic_sizes) if args.actor_points == "boltzmann" else 0.0
         flops_actor_step = flops_score + flops_boltzmann + mlp_flops(actor_rows, [S + A + 32] + actor_sizes[1:])
-        e, c = both("som actor step", actor_step, {"actor_loss": 1}, som, reps)
+        e, c = both("som actor step", actor_step, som, reps)
         table.add(
             "SOM actor step (score estimate, MeanFlow loss with JVP, backward, Adam)", e, c, flops_actor_step / 1e9
         )
 
-        def som_update():
-            som.critic_update(args, batch, actor, critic, critic_target, critic_opt)
-            som.actor_update(args, batch, actor, critic, actor_opt)
+        def som_update(hot):
+            som.critic_update(args, batch, actor, critic, critic_target, critic_opt, hot)
+            som.actor_update(args, batch, actor, critic, actor_opt, hot)
 
         flops_som = flops_target + flops_critic_step + flops_actor_step
-        hot = {"sample_actions": 1, "bootstrap_target": 1, "critic_loss": 1, "actor_loss": 1}
-        e, c = both("som update", som_update, hot, som, reps)
+        e, c = both("som update", som_update, som, reps)
         table.add("**SOM full update** (critic + actor)", e, c, flops_som / 1e9)
 
         # the first default's actor fit (noised replay actions, no distillation), for the cost of the switch
         first = dataclasses.replace(args, actor_points="replay", distill_rows=0)
 
-        def first_default_update():
-            som.critic_update(first, batch, actor, critic, critic_target, critic_opt)
-            som.actor_update(first, batch, actor, critic, actor_opt)
+        def first_default_update(hot):
+            som.critic_update(first, batch, actor, critic, critic_target, critic_opt, hot)
+            som.actor_update(first, batch, actor, critic, actor_opt, hot)
 
-        e, c = both("som update, first default", first_default_update, hot, som, reps)
+        e, c = both("som update, first default", first_default_update, som, reps)
         flops_first = flops_target + flops_critic_step + flops_score + 5 * mlp_flops(B, [S + A + 32] + actor_sizes[1:])
         table.add("SOM full update, first default (replay points, no distillation)", e, c, flops_first / 1e9)
 
@@ -225,16 +220,16 @@ def main() -> None:
         for rows in (1, 5):
             obs = torch.randn(rows, S)
             with torch.no_grad():
-                e, c = both(f"nc act {rows}", lambda obs=obs: nc_lql.sample_actions(nc_critic, obs, nc_args, A),
-                            {"sample_actions": 1}, nc_lql, reps * (5 if rows == 1 else 2))  # fmt: skip
+                e, c = both(f"nc act {rows}", lambda hot, obs=obs: hot.sample_actions(nc_critic, obs, nc_args, A),
+                            nc_lql, reps * (5 if rows == 1 else 2))  # fmt: skip
             what = "one observation" if rows == 1 else f"{rows} observations (the training rollout)"
             table.add(f"NC-LQL action, {what}, {steps} Langevin steps", e, c, rows * steps * step_flops / 1e9)
 
         full_critic = [S + A + 16] + critic_sizes[1:]
         flops_targets = B * steps * step_flops + 2 * 2 * mlp_flops(B, full_critic)
         with torch.no_grad():
-            e, c = both("nc targets", lambda: nc_lql.update_targets(nc_args, batch, nc_critic, nc_target, sigmas, A),
-                        {"sample_actions": 1, "update_targets": 1}, nc_lql, reps)  # fmt: skip
+            e, c = both("nc targets", lambda hot: hot.update_targets(nc_args, batch, nc_critic, nc_target, sigmas, A),
+                        nc_lql, reps)  # fmt: skip
         table.add(f"NC-LQL targets (sampler on {B} next states, target and online critics)", e, c, flops_targets / 1e9)
         with torch.no_grad():
             y, q_bar, lvl, noised_nc = nc_lql.update_targets(nc_args, batch, nc_critic, nc_target, sigmas, A)
@@ -245,15 +240,14 @@ def main() -> None:
             nc_opt.step()
 
         flops_step = 3 * 2 * mlp_flops(B, full_critic)
-        e, c = both("nc td step", lambda: nc_step(lambda: nc_lql.td_loss(nc_critic, batch[0], batch[1], 9, y)),
-                    {"td_loss": 1}, nc_lql, reps)  # fmt: skip
+        e, c = both("nc td step", lambda hot: nc_step(lambda: hot.td_loss(nc_critic, batch[0], batch[1], 9, y)),
+                    nc_lql, reps)  # fmt: skip
         table.add("NC-LQL TD step (clean level, backward, Adam)", e, c, flops_step / 1e9)
-        dn_loss = lambda: nc_lql.denoising_loss(nc_critic, batch[0], noised_nc, lvl, q_bar)  # noqa: E731
-        e, c = both("nc dn step", lambda: nc_step(dn_loss), {"denoising_loss": 1}, nc_lql, reps)
+        dn_loss = lambda hot: hot.denoising_loss(nc_critic, batch[0], noised_nc, lvl, q_bar)  # noqa: E731
+        e, c = both("nc dn step", lambda hot: nc_step(lambda: dn_loss(hot)), nc_lql, reps)
         table.add("NC-LQL denoising step (levels 0..L-2, backward, Adam)", e, c, flops_step / 1e9)
-        hot = {"sample_actions": 1, "update_targets": 1, "td_loss": 1, "denoising_loss": 1}
-        e, c = both("nc update", lambda: nc_lql.critic_update(nc_args, batch, nc_critic, nc_target, nc_opt, sigmas, A),
-                    hot, nc_lql, reps)  # fmt: skip
+        e, c = both("nc update", lambda hot: nc_lql.critic_update(nc_args, batch, nc_critic, nc_target, nc_opt,
+                                                                  sigmas, A, hot), nc_lql, reps)  # fmt: skip
         table.add("**NC-LQL full update** (targets + both steps)", e, c, (flops_targets + 2 * flops_step) / 1e9)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, obs {S}, act {A}, batch {B}, K {K}, N {N}; "

@@ -114,12 +114,23 @@ def test_a_checkpoint_with_a_ring_ordered_buffer_still_resumes_in_order(tmp_path
     saved = {"obs": torch.tensor([[3.0], [4.0], [1.0], [2.0]]), "pos": 2}  # rows 1, 2, 3, 4 added, next write at 2
     saved.update(next_obs=saved["obs"] + 1, actions=saved["obs"] / 10, rewards=saved["obs"][:, 0],
                  terminated=torch.zeros(4))  # fmt: skip
-    common.save_atomic({"algorithm": "som", "args": {"env_id": "Pendulum-v1"}, "modules": {}, "optimizers": {},
-                        "counters": {}, "rng": common._rng_state(envs), "buffer": saved}, str(tmp_path / "c.pt"))  # fmt: skip
+    payload = {"algorithm": "som", "args": {"env_id": "Pendulum-v1"}, "modules": {}, "optimizers": {}, "counters": {},
+               "rng": common._rng_state(envs), "buffer": saved}  # fmt: skip
+    common.save_atomic(payload, str(tmp_path / "c.pt"))
     rb = som.ReplayBuffer(10, 1, 1, torch.device("cpu"))
     common.load_checkpoint(str(tmp_path / "c.pt"), "som", "Pendulum-v1", {}, {}, envs, rb)
     assert (rb.size, rb.pos) == (4, 4)
     torch.testing.assert_close(rb.rewards[:4], torch.tensor([1.0, 2.0, 3.0, 4.0]))
+
+
+def test_polyak_update_moves_each_target_parameter_a_fraction_tau_toward_the_online_one():
+    torch.manual_seed(0)
+    online, target = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    before = [p.detach().clone() for p in target.parameters()]
+    common.polyak_update(target, online, 0.1)
+    for new, old, o in zip(target.parameters(), before, online.parameters()):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * o)
+    assert not any(p.requires_grad and p.grad is not None for p in target.parameters())
 
 
 @pytest.mark.parametrize("script,sig", [("som.py", signal.SIGTERM), ("nc_lql.py", signal.SIGINT)])
@@ -180,18 +191,61 @@ def test_a_resumed_run_is_the_uninterrupted_run(script, tmp_path):
     whole_state = assert_same_run(str(tmp_path / "whole"), str(tmp_path / "split"))
     assert whole_state["counters"]["global_step"] == 120 and whole_state["counters"]["updates"] == (120 - 40) // 2 + 1
     assert [s for s, _ in read_scalars(str(tmp_path / "whole"))["eval/episodic_return"]] == [60, 120]
+    if script == "som.py":  # a checkpoint also loads as a policy (scripts/evaluate.py), one step or through the flow
+        for flow_steps in (1, 4):
+            policy, args = som.load_policy(ckpt, num_candidates=2, flow_steps=flow_steps)
+            actions = policy(torch.zeros(5, 1))
+            assert args.env_id == "MultimodalBandit-v0" and actions.shape == (5, 2) and actions.abs().max() <= 1
 
 
-@pytest.mark.parametrize("script,loss", [("som.py", "losses/critic_loss"), ("nc_lql.py", "losses/td_loss")])
-def test_nan_stops_with_the_name_and_saves_the_last_good_state(script, loss, tmp_path):
-    proc = run_script(script, "--env-id", "odd_envs:NanReward-v0", *TINY[script], "--total-timesteps", "2000",
-                      "--run-dir", str(tmp_path))  # fmt: skip
-    assert proc.returncode != 0
+# som.main with its actor loss turned NaN from the 31st update on, as `python -c PATCH <cli>`
+NAN_ACTOR_LOSS = """
+import sys, som
+real, calls = som.actor_loss, [0]
+def actor_loss(*args):
+    calls[0] += 1
+    loss, info = real(*args)
+    return (loss * float("nan") if calls[0] > 30 else loss), info
+som.actor_loss = actor_loss
+som.main(sys.argv[1:])
+"""
+
+
+def _run_patched(code: str, *cli: str) -> subprocess.CompletedProcess:
+    env = script_env()
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env["PYTHONPATH"]])
+    return subprocess.run([sys.executable, "-c", code, *cli], capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.mark.parametrize(
+    "script,cause,name",
+    [
+        ("som.py", "odd_envs:NanReward-v0", "rewards"),
+        ("nc_lql.py", "odd_envs:NanReward-v0", "rewards"),
+        ("som.py", "odd_envs:NanAfterReset-v0", "actions"),
+        ("nc_lql.py", "odd_envs:NanAfterReset-v0", "actions"),
+        ("som.py", "actor loss", "losses/actor_loss"),
+    ],
+)
+def test_nan_stops_with_exit_1_and_the_last_good_state_resumes(script, cause, name, tmp_path):
+    """A NaN reward (refused before it enters the buffer), a NaN observation (the action taken on it) or a NaN actor
+    loss stops the run with exit status 1 and one sentence naming it; last_good_checkpoint.pt holds finite networks
+    and --resume continues from it."""
+    runs = str(tmp_path / "runs")
+    env_id = "Pendulum-v1" if cause == "actor loss" else cause
+    cli = ["--env-id", env_id, *TINY[script], "--total-timesteps", "2000", "--checkpoint-buffer", "--run-dir", runs]
+    proc = _run_patched(NAN_ACTOR_LOSS, *cli) if cause == "actor loss" else run_script(script, *cli)
+    assert proc.returncode == 1, proc.stderr[-2000:]
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert f"{loss} became NaN or inf at step" in line and "last_good_checkpoint.pt" in line
-    (path,) = glob.glob(os.path.join(str(tmp_path), "*", "last_good_checkpoint.pt"))
+    assert f"error: {name} became NaN or inf at step" in line and "last_good_checkpoint.pt" in line
+    assert "Traceback" not in proc.stderr
+    (path,) = glob.glob(os.path.join(runs, "*", "last_good_checkpoint.pt"))
     state = torch.load(path, weights_only=False)
-    assert all(torch.isfinite(p).all() for p in state["modules"]["critic"].values())
+    assert all(torch.isfinite(p).all() for module in state["modules"].values() for p in module.values())
+    stopped_at = state["counters"]["global_step"]
+    resumed = run_script(script, "--resume", path, "--total-timesteps", str(stopped_at + 20))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {path} at step {stopped_at}" in resumed.stdout
 
 
 @pytest.mark.parametrize("script", ["som.py", "nc_lql.py"])
@@ -205,10 +259,15 @@ def test_nan_stops_with_the_name_and_saves_the_last_good_state(script, loss, tmp
         (["--env-id", "Pendulum-v1", "--checkpoint-frequency", "0"], "--checkpoint-frequency must be positive"),
         (["--env-id", "Pendulum-v1", "--run-dir", "/proc/no/such/place"], "cannot write the run directory"),
         (["--env-id", "Pendulum-v1", "--resume", "/nonexistent.pt"], "no such file"),
+        (["--resume", "BAD/corrupt.pt"], "is not a saved model or checkpoint"),
+        (["--resume", "BAD/not_ours.pt"], "is not a saved model or checkpoint of som.py or nc_lql.py"),
     ],
 )
-def test_more_bad_input(script, cli, message):
-    proc = run_script(script, *cli)
+def test_more_bad_input(script, cli, message, tmp_path):
+    (tmp_path / "BAD").mkdir()
+    (tmp_path / "BAD" / "corrupt.pt").write_bytes(b"PK\x03\x04 not really a zip file")
+    torch.save([1, 2, 3], str(tmp_path / "BAD" / "not_ours.pt"))
+    proc = run_script(script, *[x.replace("BAD", str(tmp_path / "BAD")) for x in cli])
     assert_one_sentence_error(proc, message)
 
 

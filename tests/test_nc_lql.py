@@ -1,5 +1,6 @@
 """NC-LQL: schedule, sampler on analytic critics, level embedding, update order, whole runs, bad input."""
 
+import dataclasses
 import math
 
 import gymnasium as gym
@@ -101,7 +102,7 @@ def test_level_embedding_distinguishes_levels_and_init_follows_the_release():
     assert all((b == 0).all() for b in critic.q.biases)
 
 
-def test_denoising_step_uses_levels_below_the_finest_and_the_pre_update_target(monkeypatch):
+def test_denoising_step_uses_levels_below_the_finest_and_the_pre_update_target():
     torch.manual_seed(0)
     args = nc_lql.Args(num_levels=10, lql_steps=2)
     critic = nc_lql.NoiseConditionedTwinCritic(3, 2, 32, 2)
@@ -119,13 +120,40 @@ def test_denoising_step_uses_levels_below_the_finest_and_the_pre_update_target(m
         return real(critic_, obs, noised, levels, q_bar)
 
     real = nc_lql.denoising_loss
-    monkeypatch.setattr(nc_lql, "denoising_loss", spy)
-    nc_lql.critic_update(args, batch, critic, critic_target, optimizer, sigmas, 2)
+    hot = dataclasses.replace(nc_lql.hot_paths(), denoising_loss=spy)
+    nc_lql.critic_update(args, batch, critic, critic_target, optimizer, sigmas, 2, hot)
     assert seen["levels"].min() == 0 and seen["levels"].max() == 8  # 0 .. L-2, the finest level never perturbed
     torch.testing.assert_close(seen["q_bar"], pre_update)
     with torch.no_grad():
         after_td = critic(batch[0], batch[1], torch.tensor(9)).mean(0)
     assert (after_td - pre_update).abs().mean() > 1e-3  # the test would fail if q_bar were taken after the TD step
+
+
+class _TwinConstants(torch.nn.Module):
+    """Q1 = 1 + a_0, Q2 = 1 - a_0 at every state and level: min(Q1, Q2) = 1 - |a_0|."""
+
+    def forward(self, obs, action, level):
+        return torch.stack([1 + action[..., 0], 1 - action[..., 0]])
+
+
+def test_td_target_takes_the_smaller_target_twin_at_the_sampled_next_action():
+    """y = reward_scale r + gamma (1 - terminated) min_j Qtarget_j(s', a', L-1), a' from the online critics' sampler;
+    the target twins here differ (1 + a_0 and 1 - a_0), so the mean or the max of them would not pass."""
+    torch.manual_seed(0)
+    args = nc_lql.Args(num_levels=3, steps_per_level=1, gamma=0.9, reward_scale=0.2)
+    critic = nc_lql.NoiseConditionedTwinCritic(3, 2, 32, 2)
+    sigmas = torch.tensor(nc_lql.noise_schedule(3, args.sigma_max, args.sigma_min))
+    next_obs = torch.randn(8, 3)
+    batch = (torch.randn(8, 3), torch.rand(8, 2) * 2 - 1, torch.ones(8), next_obs, (torch.arange(8) == 0).float())
+    torch.manual_seed(1)
+    with torch.no_grad():
+        next_a = nc_lql.sample_actions(critic, next_obs, args, 2)
+    torch.manual_seed(1)
+    y, _, _, _ = nc_lql.update_targets(args, batch, critic, _TwinConstants(), sigmas, 2)
+    expected = 0.2 + 0.9 * (1 - next_a[:, 0].abs())
+    expected[0] = 0.2  # terminated
+    assert next_a[:, 0].abs().min() > 1e-3  # the twins really differ at these actions
+    torch.testing.assert_close(y, expected)
 
 
 def test_lql_skips_the_denoising_step():

@@ -6,8 +6,10 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+import torch
 import tyro
-from helpers import ROOT, run_script
+from helpers import ROOT, assert_one_sentence_error, run_script
 
 import nc_lql
 import som
@@ -87,9 +89,40 @@ def test_slurm_writes_one_array_task_per_command(tmp_path):
     assert "#SBATCH --array=0-54" in text and text.count("--cuda") == 55
 
 
-def test_unknown_argument_is_refused():
-    proc = subprocess.run(["bash", RUNS, "--bogus"], capture_output=True, text=True)
-    assert proc.returncode != 0 and "unknown argument" in proc.stderr
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--bogus"], "unknown argument '--bogus'"),
+        (["--only", "foo", "--dry-run"], "--only takes som or nc_lql, got 'foo'"),
+        (["--dry-run", "--only"], "--only takes som or nc_lql, got ''"),
+        (["--only", "foo", "--slurm"], "--only takes som or nc_lql, got 'foo'"),
+    ],
+)
+def test_bad_runs_sh_arguments_are_one_line_and_exit_2(argv, message, tmp_path):
+    proc = subprocess.run(["bash", RUNS, *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert message in proc.stderr and not (tmp_path / "runs_slurm.sbatch").exists()
+
+
+def evaluate(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), *argv], capture_output=True,
+                          text=True)  # fmt: skip
+
+
+def test_evaluate_refuses_foreign_files_and_som_options_for_an_nc_lql_model(tmp_path):
+    (tmp_path / "corrupt.pt").write_bytes(b"not a torch file")
+    assert_one_sentence_error(evaluate(str(tmp_path / "corrupt.pt")), "is not a saved model or checkpoint")
+    torch.save({"weights": torch.zeros(3)}, str(tmp_path / "other.pt"))
+    assert_one_sentence_error(evaluate(str(tmp_path / "other.pt")), "is not a saved model or checkpoint of som.py")
+    runs = str(tmp_path / "runs")
+    proc = run_script("nc_lql.py", "--env-id", "Pendulum-v1", "--num-envs", "2", "--total-timesteps", "60",
+                      "--learning-starts", "40", "--batch-size", "16", "--eval-frequency", "60", "--eval-episodes", "1",
+                      "--hidden-dim", "16", "--num-levels", "2", "--save-model", "--run-dir", runs)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (model,) = glob.glob(os.path.join(runs, "*", "nc_lql.pt"))
+    for option in (["--num-candidates", "4"], ["--flow-steps", "2"]):
+        assert_one_sentence_error(evaluate(model, *option), f"{option[0]} applies to SOM models only")
+    assert evaluate(model, "--episodes", "1").returncode == 0
 
 
 def test_evaluate_saved_model_and_curve_figure(tmp_path):
@@ -100,10 +133,14 @@ def test_evaluate_saved_model_and_curve_figure(tmp_path):
                       "--run-dir", runs)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     (model,) = glob.glob(os.path.join(runs, "*", "som.pt"))
-    ev = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), model, "--episodes", "2",
-                         "--num-candidates", "1"], capture_output=True, text=True)  # fmt: skip
+    ev = evaluate(model, "--episodes", "2", "--num-candidates", "1")
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert "Pendulum-v1: return" in ev.stdout and "over 2 episodes" in ev.stdout
+    for bad in ("0", "-3"):
+        assert_one_sentence_error(
+            evaluate(model, "--num-candidates", bad), f"--num-candidates must be positive, got {bad}."
+        )
+    assert_one_sentence_error(evaluate(model, "--flow-steps", "0"), "--flow-steps must be positive, got 0.")
     out = str(tmp_path / "curves.png")
     fig = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "figures.py"), "curves", runs, "--out", out],
                          capture_output=True, text=True)  # fmt: skip
