@@ -283,6 +283,22 @@ def test_bootstrap_target_evaluates_the_target_critics_at_the_actors_next_action
     torch.testing.assert_close(y, 0.2 + 0.9 * _FixedCritic()(next_obs, next_a).min(0).values)
 
 
+def test_critic_update_regresses_onto_the_target_critics_td_target():
+    """The loss of critic_update is sum_j mean_b (Q_j(s, a) - y)^2 with y from the TARGET critics (other weights here)."""
+    torch.manual_seed(0)
+    args = som.Args(num_target_candidates=1, hidden_dim=32, num_hidden=2)
+    actor, critic = som.build_networks(args, 3, 2, "cpu")
+    critic_target = som.build_networks(args, 3, 2, "cpu")[1]
+    batch = (torch.randn(6, 3), torch.rand(6, 2) * 2 - 1, torch.randn(6), torch.randn(6, 3), torch.zeros(6))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        y = som.bootstrap_target(args, batch, actor, critic, critic_target)
+        expected = (critic(batch[0], batch[1]) - y).pow(2).mean(1).sum()
+    torch.manual_seed(1)
+    info = som.critic_update(args, batch, actor, critic, critic_target, torch.optim.SGD(critic.parameters(), lr=0.0))
+    torch.testing.assert_close(info["losses/critic_loss"], expected)
+
+
 # -------------------------------------------------------------------------------------------------- env loop
 class _ScriptedEnv(gym.Env):
     """obs = [100 * episode + step]; even episodes terminate at step 3, odd ones run into the 4-step time limit."""
