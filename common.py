@@ -335,7 +335,7 @@ def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, num_ep
 
 
 class Mish(nn.Module):
-    """Mish(x) = x tanh(softplus(x)), the lab's activation.
+    """Mish(x) = x tanh(softplus(x)), the activation of the authors' NC-LQL release.
 
     Eager: torch's own kernel. Under torch.compile the same function is written with a single exp,
     tanh(softplus(x)) = n (n + 2) / (n (n + 2) + 2) with n = e^x (x clamped at 20, where the ratio is 1 in float32),

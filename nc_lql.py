@@ -9,7 +9,7 @@ sampler anneals from the smoothest landscape (large sigma: global moves) to the 
 in noise-conditioned score networks.
 
 Faithfulness. Every default, the network, its initialisation, the sampler and the order of the two critic steps
-follow the authors' released JAX code (summarised in the project's spec). Plain LQL (`--lql`) is not in the
+follow the authors' released JAX code. Plain LQL (`--lql`) is not in the
 release: one noise level, no denoising loss, a constant step size that we chose (README, "LQL's step size").
 
 Run:   python nc_lql.py --env-id Hopper-v4

@@ -3,45 +3,31 @@
 Paper: Kim, Ki, Ahn, Lee, "Score-Based One-step MeanFlow Policy Optimization", arXiv 2605.23365 (2026).
 
 The idea. The target policy is the Boltzmann policy pi*(a|s) ~ exp(Q(s, a) / alpha). Noise it with a VP diffusion,
-a_t = mu(t) a_0 + sigma(t) eps, and the probability-flow ODE da/dt = -0.5 beta(t) (a + score_t(a)) carries Gaussian
-noise at t = 1 to pi* at t = 0. SOM never samples pi*: it estimates score_t from the critic with K Monte-Carlo
-proposals of the clean action (an iDEM-style estimator), turns it into the ODE's velocity v(a_t, t), and trains a
-MeanFlow network u(s, a, r, t) -- the AVERAGE velocity over [r, t] -- with the MeanFlow identity
-u = v - (t - r) du/dt. Then one network evaluation maps noise to an action: a = eps - u(s, eps, r=0, t=1). Acting
-draws N such candidates and keeps the one the twin critics rate highest; N = 1 is the pure one-step policy.
+    a_t = mu(t) a_0 + sigma(t) eps,   beta(t) = beta_min + t (beta_max - beta_min),
+and the probability-flow ODE
+    da/dt = v(a_t, t) = -0.5 beta(t) (a_t + w score_t(a_t))            (w = 1: the exact PF-ODE)
+carries Gaussian noise at t = 1 to pi* at t = 0. SOM never samples pi* exactly: it estimates score_t from the critic
+with K Monte-Carlo proposals of the clean action (section 1), turns it into v (section 2) and trains a MeanFlow
+network u(s, a, r, t), the AVERAGE velocity over [r, t], with the MeanFlow identity (section 3)
+    u(s, a_t, r, t) = v(a_t, t) - (t - r) d/dt u(s, a_t, r, t).
+One network evaluation then maps noise to an action, a = eps - u(s, eps, 0, 1) (section 4). Acting draws N such
+candidates and keeps the one the twin critics rate highest; N = 1 is the pure one-step policy. The critics learn a
+TD target without an entropy term (section 5).
 
-What is reconstructed. Only the abstract is public; there is no released code. Everything below except the pieces
-named in the abstract (MeanFlow actor, Boltzmann target, iDEM-style score from Q, PF-ODE target velocity,
-best-of-N) and the reported K = 100, beta in [0.1, 20], is our choice, made a flag, and listed in README.md.
+What is reconstructed. Only the abstract is public and there is no released code. From the paper: the MeanFlow
+actor, the Boltzmann target, a score estimated from Q by an iDEM-style Monte-Carlo estimator, the PF-ODE target
+velocity and best-of-N selection; from a third party's report of its tables, K = 100 and beta in [0.1, 20].
+Everything else is our choice and a flag; each reconstructed Args field is tagged [paper], [third-party] or [ours],
+and README "What is reconstructed" gives the evidence for each.
 
-Our default score estimator differs from the form a third party reports (unit-normalised MC score times a constant
-w; flags `--score-estimator idem --score-norm --q-norm batch`). Measured (README, "Why the default is the
-posterior-mean score"): that estimate's error against an exact Gaussian score is 28% at t = 0.5 and 340% at
-t = 0.7 even with K = 20,000, and an actor trained on it against the exact bandit reward puts 100% of its one-step
-(N = 1) samples on the box edge (mean reward 0.000 for w = 1, 3 and 10; uniform random actions earn 0.056). It is
-only good through best-of-N, because near t = 1 the unit-normalised score is a random unit vector multiplied by
-beta(1) = 20, which the one-step map integrates into a large random kick. The default is the posterior-mean
-(Tweedie) form of the same Monte-Carlo estimate: proposals a_0 ~ N(a_t / mu, sigma^2 / mu^2) truncated to the
-action box, self-normalised weights softmax(Q / alpha) (exact importance weights for a Boltzmann target supported
-on the box), and score = (mu E_w[a_0] - a_t) / sigma^2, which tends to -a_t at t = 1 so the velocity vanishes
-there as the true PF-ODE's does. Its error is under 1% at every t, it needs only critic forward passes, and the
-same actor probe gives one-step samples with mean reward 0.534 (72% within 0.3 of the best mode). With Q
-standardised per state, alpha = 0.1 and MeanFlow's adaptive-loss power p = 0.5 (chosen by the README's sweep), the
-one-step policy alone reached -137 on Pendulum-v1 after 15k steps (best-of-32: -127; first default's fit).
-
-Where the actor is fitted, and the one-step map. MeanFlow fits the velocity field where its training points lie
-and reaches the one-step average u(s, eps, 0, 1) only through the JVP term of its identity. With noised replay
-actions as the points (our first default) the one-step actor lagged its own target: on the bandit with the exact
-reward as critic, N = 1 earned 0.487 after 6,000 updates and 0.435 after 12,000, where the exact PF-ODE from the
-same score estimate earns 0.79. Two changes, both defaults now, close the gap. The training points are approximate
-draws of exp(Q / alpha) itself (K uniform proposals per state, one kept with probability softmax(Qn / alpha)),
-noised to t, so the field is accurate where the flow from noise runs; and on 64 rows per update the one-step map is
-regressed onto the actor's own 8-step flow from the same noise (distillation, no gradient through the target).
-Together: 0.785 after 12,000 updates (99% of the exact PF-ODE); in RL on the bandit at the defaults the last 300
-one-step actions earn 0.621 against 0.156; on Hopper-v4 (CPU settings, 40k steps, two seeds) the one-step policy's
-mean return from 20k to 40k is 293 and 316 (seeds 1, 2) against 301 and 338 for the first default.
-The price is one more K x B pass of both critics and nine actor passes on 64 rows per actor update: 1.57x the
-time of a compiled update (README, Speed).
+Our default score is the posterior-mean (Tweedie) form of the Monte-Carlo estimate,
+    a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box,   w_k = softmax_k(Qn(s, a0_k) / alpha),
+    score = (mu sum_k w_k a0_k - a_t) / sigma^2,
+which needs critic forward passes only and tends to -a_t at t = 1, where the velocity then vanishes as the exact
+PF-ODE's does. The form a third party reports (the iDEM gradient, unit-normalised and scaled by w) is
+`--score-estimator idem --score-norm --q-norm batch`. The actor is fitted at approximate draws of exp(Q / alpha)
+noised to t (`--actor-points boltzmann`), and on a few rows per update its one-step map is also regressed onto its
+own multi-step flow (`--distill-rows`). README "What is reconstructed" measures each against its alternative.
 
 Run:   python som.py --env-id Hopper-v4
        python som.py --env-id Hopper-v4 --compile      # the same math, compiled (README, Speed)
@@ -122,7 +108,7 @@ class Args:
     num_hidden: int = 3
     """number of hidden layers of actor and critics"""
     activation: Literal["mish", "relu", "silu"] = "mish"
-    """hidden activation (the lab's framework uses Mish)"""
+    """hidden activation [ours: Mish, as the authors' NC-LQL release]"""
     eval_frequency: int = 125_000
     """evaluate every this many environment transitions"""
     eval_episodes: int = 20
@@ -132,48 +118,50 @@ class Args:
 
     # --- SOM ---
     num_mc_samples: int = 100
-    """K: Monte-Carlo proposals per noised action in the score estimate"""
+    """[third-party] K: Monte-Carlo proposals per noised action in the score estimate (the paper's value as a third
+    party reports it)"""
     beta_min: float = 0.1
-    """VP schedule: beta(0)"""
+    """[third-party] VP schedule: beta(0), the paper's value as a third party reports it"""
     beta_max: float = 20.0
-    """VP schedule: beta(1)"""
+    """[third-party] VP schedule: beta(1), the paper's value as a third party reports it"""
     alpha: float = 0.1
-    """Boltzmann temperature on the normalised Q values (see --q-norm) [decided by our sweep]"""
+    """[ours] Boltzmann temperature on the normalised Q values (see --q-norm), chosen by a sweep (README)"""
     score_estimator: Literal["tweedie", "idem"] = "tweedie"
-    """[decided] tweedie: posterior-mean score (mu E_w[a0] - a_t) / sigma^2 with box-truncated proposals; idem:
+    """[ours] tweedie: posterior-mean score (mu E_w[a0] - a_t) / sigma^2 with box-truncated proposals; idem:
     gradient of logsumexp_k Q(a0_k) / alpha through untruncated proposals (the form reported by a third party)"""
     q_norm: Literal["state", "batch", "none"] = "state"
-    """[decided] standardise Q before the softmax over the K proposals of each noised action (state), over the
-    whole K x B matrix (batch, the spec's first guess) or not at all (none: raw Q / alpha)"""
+    """[ours] standardise Q before the softmax over the K proposals of each noised action (state), over the
+    whole K x B matrix (batch, the third-party form) or not at all (none: raw Q / alpha)"""
     score_norm: bool = False
-    """[decided] unit-normalise the score and multiply by w in the target velocity (the third-party form)"""
+    """[ours] off; on: unit-normalise the score and multiply by w in the target velocity (the third-party form)"""
     w: float = 1.0
-    """greediness: the target velocity is -0.5 beta(t) (a_t + w * score); 1 is the exact PF-ODE"""
+    """[paper] greediness: the target velocity is -0.5 beta(t) (a_t + w * score); [ours] 1, the exact PF-ODE"""
     clip_proposals: bool = False
-    """idem only: clip the proposals to the box (Q and its gradient taken at the clipped point)"""
+    """[ours] idem only: clip the proposals to the box (Q and its gradient taken at the clipped point)"""
     num_candidates: int = 32
-    """N: one-step candidates per decision, the best by min(Q1, Q2) is taken; 1 = the pure one-step policy"""
+    """[paper] N: one-step candidates per decision, the best by min(Q1, Q2) is taken; 1 = the pure one-step policy;
+    [ours] 32"""
     num_target_candidates: Optional[int] = None
     """N for the next action a' of the TD target (default: --num-candidates)"""
     flow_matching_fraction: float = 0.25
-    """[decided] fraction of the actor batch with r = t (plain flow matching)"""
+    """[ours] fraction of the actor batch with r = t (plain flow matching, as MeanFlow does)"""
     distill_rows: int = 64
-    """[decided] rows per actor update on which the one-step map u(s, eps, 0, 1) is also regressed onto the actor's
+    """[ours] rows per actor update on which the one-step map u(s, eps, 0, 1) is also regressed onto the actor's
     own multi-step flow from the same noise (0: off, the MeanFlow identity alone)"""
     distill_steps: int = 8
-    """[decided] MeanFlow steps of that multi-step flow"""
+    """[ours] MeanFlow steps of that multi-step flow"""
     time_sampler: Literal["uniform", "logit_normal", "r_zero"] = "uniform"
-    """[decided] uniform: t ~ U[t_min, 1 - t_min], r ~ U[0, t]; logit_normal: MeanFlow's (-0.4, 1.0), sorted;
+    """[ours] uniform: t ~ U[t_min, 1 - t_min], r ~ U[0, t]; logit_normal: MeanFlow's (-0.4, 1.0), sorted;
     r_zero: t uniform, r = 0 (only the averages that one-step sampling uses, u(s, a, 0, t))"""
     actor_points: Literal["replay", "policy", "boltzmann"] = "boltzmann"
-    """[decided] actions noised to t for the actor's fit: approximate draws of exp(Q / alpha) (K uniform proposals
+    """[ours] actions noised to t for the actor's fit: approximate draws of exp(Q / alpha) (K uniform proposals
     resampled by the softmax), replay actions, or the policy's own one-step samples"""
     adaptive_power: float = 0.5
-    """p of MeanFlow's adaptive loss weight 1 / (err + 1e-3)^p; 0 = plain squared error"""
+    """[ours] p of MeanFlow's adaptive loss weight 1 / (err + 1e-3)^p; 0 = plain squared error"""
     t_min: float = 1e-3
-    """smallest flow time used in training (the VP score is singular at t = 0)"""
+    """[ours] smallest flow time used in training (the VP score is singular at t = 0)"""
     exploration_noise: float = 0.0
-    """std of Gaussian noise added to the chosen action while collecting data (evaluation never adds it)"""
+    """[ours] std of Gaussian noise added to the chosen action while collecting data (evaluation never adds it)"""
 
 
 # ====================================================================================================================

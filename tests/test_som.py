@@ -284,7 +284,7 @@ def test_bootstrap_target_evaluates_the_target_critics_at_the_actors_next_action
 
 
 def test_critic_update_regresses_onto_the_target_critics_td_target():
-    """The loss of critic_update is sum_j mean_b (Q_j(s, a) - y)^2 with y from the TARGET critics (other weights here)."""
+    """critic_update's loss is sum_j mean_b (Q_j(s, a) - y)^2 with y from the TARGET critics (other weights here)."""
     torch.manual_seed(0)
     args = som.Args(num_target_candidates=1, hidden_dim=32, num_hidden=2)
     actor, critic = som.build_networks(args, 3, 2, "cpu")
