@@ -241,7 +241,9 @@ def make_video_env(env_id: str, folder: str, episode_trigger: Optional[Callable[
         raise UserInputError("videos need MoviePy (the video writer): pip install -r requirements.txt.") from None
     env = None
     try:
-        env = gym.make(env_id, render_mode="rgb_array")
+        with warnings.catch_warnings():  # an env without that render mode: our one sentence, not gymnasium's warning
+            warnings.filterwarnings("ignore", message=".*is being initialised with render_mode")
+            env = gym.make(env_id, render_mode="rgb_array")
         env.reset()
         frame = env.render()
         require(isinstance(frame, np.ndarray), f"{env_id} rendered {type(frame).__name__}, not an image.")
@@ -330,11 +332,11 @@ def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, num_ep
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# A batched layer so that both critics run as one call (used by both scripts' critics)
+# The activation of both scripts' networks, and the --compile plumbing
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class Mish(nn.Module):
+def mish(x: torch.Tensor) -> torch.Tensor:
     """Mish(x) = x tanh(softplus(x)), the activation of the authors' NC-LQL release.
 
     Eager: torch's own kernel. Under torch.compile the same function is written with a single exp,
@@ -342,67 +344,11 @@ class Mish(nn.Module):
     which inductor fuses into the neighbouring kernels; torch's Mish lowering computes exp, log1p and tanh separately
     and was 1.7x slower on this CPU (README, Speed). The two agree to 2e-6 (tests/test_compile.py).
     """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            n = torch.exp(x.clamp(max=20.0))
-            p = n * (n + 2.0)
-            return x * p / (p + 2.0)
-        return nn.functional.mish(x)
-
-
-class EnsembleMLP(nn.Module):
-    """`num_members` independent MLPs evaluated as one batched call (e.g. both critics at once).
-
-    forward(*inputs) takes one tensor per entry of `input_dims`. A shared input (..., D) goes to every member; an
-    input marked in `per_member` carries its own value per member, (num_members, ..., D). Leading dims broadcast
-    against each other, e.g. states (B, S) with candidate actions (N, B, A): the first layer projects each input
-    on its own slice of the weight and adds the projections with broadcasting, so a state shared by N candidates
-    is multiplied once, not N times. Returns (num_members, *broadcast_leading_dims, out_dim).
-    The two halves are public so that a caller can reuse an input's projection: forward(*xs) =
-    trunk(bias + sum_i project(i, xs[i])), e.g. a Langevin chain projects its fixed state once, not once per step.
-    Initialised like torch.nn.Linear (uniform in +-1/sqrt(fan_in)); re-initialise `weights`/`biases` otherwise.
-    """
-
-    def __init__(self, num_members: int, input_dims: list[int], hidden_dim: int, num_hidden: int, out_dim: int,
-                 activation: type[nn.Module] = Mish, per_member: Optional[list[bool]] = None):  # fmt: skip
-        super().__init__()
-        self.num_members = num_members
-        self.input_dims = list(input_dims)
-        self.per_member = list(per_member) if per_member is not None else [False] * len(input_dims)
-        sizes = [sum(input_dims)] + [hidden_dim] * num_hidden + [out_dim]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            bound = 1.0 / math.sqrt(fan_in)
-            self.weights.append(nn.Parameter(torch.empty(num_members, fan_in, fan_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(num_members, 1, fan_out).uniform_(-bound, bound)))
-        self.activation = activation()
-
-    def project(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Input `index`'s share of the first layer (no bias): (num_members, *x's leading dims, hidden)."""
-        start = sum(self.input_dims[:index])
-        w = self.weights[0][:, start : start + self.input_dims[index]]
-        lead = x.shape[1:-1] if self.per_member[index] else x.shape[:-1]
-        rows = x.reshape(self.num_members if self.per_member[index] else 1, -1, x.shape[-1])
-        return torch.matmul(rows, w).view(self.num_members, *lead, w.shape[-1])
-
-    def trunk(self, pre_activation: torch.Tensor) -> torch.Tensor:
-        """The rest of the network from the first layer's pre-activation (num_members, *lead, hidden)."""
-        E, lead = self.num_members, pre_activation.shape[1:-1]
-        h = self.activation(pre_activation).reshape(E, -1, pre_activation.shape[-1])
-        for w, b in zip(self.weights[1:-1], self.biases[1:-1]):
-            h = self.activation(torch.baddbmm(b, h, w))
-        out = torch.baddbmm(self.biases[-1], h, self.weights[-1])
-        return out.view(E, *lead, out.shape[-1])
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        projections = [self.project(i, x) for i, x in enumerate(inputs)]
-        lead = torch.broadcast_shapes(*(p.shape[1:-1] for p in projections))
-        h = self.biases[0].view(self.num_members, *([1] * len(lead)), -1)
-        for p in projections:  # right-align each input's leading dims with the broadcast shape
-            h = h + p.view(self.num_members, *([1] * (len(lead) - p.dim() + 2)), *p.shape[1:])
-        return self.trunk(h)
+    if torch.compiler.is_compiling():
+        n = torch.exp(x.clamp(max=20.0))
+        p = n * (n + 2.0)
+        return x * p / (p + 2.0)
+    return nn.functional.mish(x)
 
 
 def compile_hot(fn: Callable, device: torch.device) -> Callable:
@@ -628,10 +574,15 @@ class Progress:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+# The layout of saved models and checkpoints; files of another layout are refused in one sentence.
+FILE_FORMAT = 2
+
+
 def save_atomic(payload: dict, path: str) -> None:
-    """torch.save to a temporary file, then rename: a kill while writing leaves any previous file intact."""
+    """torch.save (with FILE_FORMAT) to a temporary file, then rename: a kill while writing leaves any previous file
+    intact."""
     tmp = f"{path}.tmp"
-    torch.save(payload, tmp)
+    torch.save({**payload, "format": FILE_FORMAT}, tmp)
     os.replace(tmp, path)
 
 
@@ -645,6 +596,9 @@ def read_saved(path: str) -> dict:
         raise UserInputError(f"{path!r} is not a saved model or checkpoint ({reason.rstrip('.')}).") from None
     require(isinstance(payload, dict) and "algorithm" in payload,
             f"{path!r} is not a saved model or checkpoint of som.py or nc_lql.py.")  # fmt: skip
+    version = payload.get("format", 1)
+    older = f"{path!r} has file format {version}, written by an older version of this code with other network layouts"
+    require(version == FILE_FORMAT, f"{older}; this version reads format {FILE_FORMAT}.")
     return payload
 
 
@@ -756,9 +710,6 @@ def chronological_rows(size: int, pos: int, capacity: int) -> torch.Tensor:
 def restore_buffer(buffer, saved: dict) -> None:
     """Put saved rows (oldest first) at the start of `buffer`, so that the next write goes right after the newest and
     `buffer.size` covers only rows that were written. A smaller capacity keeps the newest rows."""
-    if "pos" in saved:  # written before the rows were saved oldest first: rows in ring order, next write at pos
-        order = chronological_rows(len(saved["obs"]), saved["pos"], len(saved["obs"]))
-        saved = {f: saved[f][order] for f in BUFFER_FIELDS}
     kept = min(len(saved["obs"]), buffer.capacity)
     for f in BUFFER_FIELDS:
         getattr(buffer, f)[:kept] = saved[f][len(saved[f]) - kept :].to(getattr(buffer, f).device)
@@ -778,6 +729,101 @@ def load_checkpoint(path: str, algorithm: str, env_id: str, modules: dict, optim
     if buffer is not None and payload["buffer"] is not None:
         restore_buffer(buffer, payload["buffer"])
     return payload["counters"]
+
+
+def run_dir_for(args) -> str:
+    """runs/{env}__{exp_name}__{seed}__{time}, or the checkpoint's own folder when resuming."""
+    if args.resume:
+        return os.path.dirname(os.path.abspath(args.resume))
+    return os.path.join(args.run_dir, run_name_for(args.env_id, args.exp_name, args.seed))
+
+
+class Run:
+    """The plumbing around one training loop, the same for both scripts: resuming from a checkpoint, TensorBoard (and
+    wandb) logging, console progress, when to log and evaluate, checkpoints every --checkpoint-frequency transitions
+    and on SIGINT / SIGTERM, the stop on NaN / inf with the last good state saved, and the end of the run.
+
+    `counters` (global_step, updates, ...) is the loop's own dict; it is saved in every checkpoint and restored here
+    on --resume, together with the modules, optimisers, RNG streams and, with --checkpoint-buffer, the buffer."""
+
+    def __init__(self, algorithm: str, args, run_dir: str, envs, modules: dict, optimizers: dict, buffer,
+                 counters: dict):  # fmt: skip
+        self.algorithm, self.args, self.run_dir, self.envs = algorithm, args, run_dir, envs
+        self.modules, self.optimizers, self.buffer, self.counters = modules, optimizers, buffer, counters
+        counters.update(global_step=0, updates=0, next_log=args.log_frequency, next_eval=args.eval_frequency,
+                        last_eval=-1, next_checkpoint=args.checkpoint_frequency)  # fmt: skip
+        if args.resume:
+            counters.update(load_checkpoint(args.resume, algorithm, args.env_id, modules, optimizers, envs, buffer))
+            print(f"resumed from {args.resume} at step {counters['global_step']} with {buffer.size} transitions in "
+                  "the buffer")  # fmt: skip
+        self.logger = Logger(run_dir, args, args.track, args.wandb_project_name, args.wandb_entity,
+                             resume_step=counters["global_step"] if args.resume else None)  # fmt: skip
+        print(f"run directory: {run_dir}", flush=True)
+        self.checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+        self.stop = StopSignal()
+        self.progress = Progress(args.total_timesteps, args.learning_starts, start_step=counters["global_step"])
+
+    def write_checkpoint(self, path: str) -> None:
+        save_checkpoint(path, self.algorithm, self.args, self.modules, self.optimizers, self.counters, self.envs,
+                        self.buffer if self.args.checkpoint_buffer else None)  # fmt: skip
+
+    def log_due(self) -> bool:
+        """True every --log-frequency transitions."""
+        if self.counters["global_step"] < self.counters["next_log"]:
+            return False
+        self.counters["next_log"] += self.args.log_frequency
+        return True
+
+    def eval_due(self) -> bool:
+        """True every --eval-frequency transitions, and once at the end of the run."""
+        step, counters = self.counters["global_step"], self.counters
+        if step < counters["next_eval"] and not (step >= self.args.total_timesteps and counters["last_eval"] < step):
+            return False
+        counters["next_eval"], counters["last_eval"] = counters["next_eval"] + self.args.eval_frequency, step
+        return True
+
+    def checkpoint_and_stop(self) -> bool:
+        """Write the checkpoint when one is due or a signal came; True (stop the loop) after a signal."""
+        step = self.counters["global_step"]
+        if step >= self.counters["next_checkpoint"]:
+            self.counters["next_checkpoint"] += self.args.checkpoint_frequency
+            self.write_checkpoint(self.checkpoint_path)
+        if self.stop.name is None:
+            return False
+        self.write_checkpoint(self.checkpoint_path)
+        self.progress.write(f"{self.stop.name} received: stopped at step {step}, checkpoint written to "
+                            f"{self.checkpoint_path} (continue with --resume {self.checkpoint_path})")  # fmt: skip
+        return True
+
+    @contextlib.contextmanager
+    def stop_on_non_finite(self):
+        """Around the loop: a NaN / inf (NonFiniteError, raised before any optimiser step or env step uses it) saves
+        last_good_checkpoint.pt and exits with status 1 and one sentence."""
+        try:
+            yield
+        except NonFiniteError as err:
+            self.progress.close()
+            last_good = os.path.join(self.run_dir, "last_good_checkpoint.pt")
+            self.write_checkpoint(last_good)
+            value, at = self.logger.last_values.get(err.name, (None, None))
+            last = f"its last logged finite value was {value:.6g} at step {at}" if value is not None else "never logged"
+            self.envs.close()
+            self.logger.close()
+            raise SystemExit(f"error: {err.name} became NaN or inf at step {self.counters['global_step']} ({last}); "
+                             f"the last good state is saved in {last_good}.") from None  # fmt: skip
+
+    def finish(self, model: dict) -> None:
+        """End of the loop: with --save-model write `model` (the networks' state dicts, sizes) to
+        runs/<run>/<exp_name>.pt; report the compiled graphs; close the envs and the loggers."""
+        self.progress.close()
+        if self.args.save_model:
+            path = os.path.join(self.run_dir, f"{self.args.exp_name}.pt")
+            save_atomic({"algorithm": self.algorithm, "args": dataclasses.asdict(self.args), **model}, path)
+            print(f"model saved to {path}", flush=True)
+        if self.args.compile:
+            print(f"torch.compile built {compiled_graph_count()} graphs in this run", flush=True)
+        self.envs.close()
+        self.logger.close()
 
 
 # What --resume may change; any other flag given with --resume must agree with the checkpoint.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -160,40 +160,74 @@ def level_features(level: torch.Tensor, dim: int = 16, base: float = 10_000.0) -
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1) / math.sqrt(dim)
 
 
+class TwinLinear(nn.Module):
+    """The same linear layer of both critics, stored as one (2, in, out) weight so that both run as one batched
+    matmul: x (2, ..., in), or (1, ..., in) for an input both share, -> (2, ..., out). The release's initialisation:
+    weights truncated normal with std 1 / sqrt(fan_in) cut at 2 std, zero biases."""
+
+    def __init__(self, in_dim: int, out_dim: int, fan_in: Optional[int] = None, bias: bool = True):
+        super().__init__()
+        std = 1.0 / math.sqrt(fan_in or in_dim)
+        weight = nn.init.trunc_normal_(torch.empty(2, in_dim, out_dim), std=std, a=-2 * std, b=2 * std)
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(torch.zeros(2, 1, out_dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(x.shape[0], -1, x.shape[-1])
+        if self.bias is None:
+            out = torch.matmul(rows, self.weight)
+        else:
+            out = torch.baddbmm(self.bias, rows.expand(2, -1, -1), self.weight)
+        return out.view(2, *x.shape[1:-1], out.shape[-1])
+
+
 class NoiseConditionedTwinCritic(nn.Module):
     """Q_i(s, a, l) for i = 1, 2 in one batched call: (s (..., S), a (..., A), level (...) int) -> (2, ...).
 
     Each critic: emb(l) = Linear(16, 32) -> Mish -> Linear(32, 16) on sinusoidal features of l, then an MLP on
-    [s, a, emb(l)] with 3 hidden layers of 256 and Mish. The release's initialisation: truncated normal with std
-    1 / sqrt(fan_in) cut at 2 std, zero biases.
+    [s, a, emb(l)] with 3 hidden layers of 256 and Mish, initialised as the release does (TwinLinear). The first
+    layer is applied input by input, W [s, a, e] + b = (W_s s + b) + W_a a + W_e e, so that a Langevin chain can
+    project its fixed state and each level's embedding once (along_chain).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256, num_hidden: int = 3):
         super().__init__()
-        self.embed = common.EnsembleMLP(2, [16], 32, 1, 16)
-        self.q = common.EnsembleMLP(2, [obs_dim, act_dim, 16], hidden_dim, num_hidden, 1,
-                                    per_member=[False, False, True])  # fmt: skip
-        for net in (self.embed, self.q):
-            for weight, bias in zip(net.weights, net.biases):
-                std = 1.0 / math.sqrt(weight.shape[1])
-                nn.init.trunc_normal_(weight.data, std=std, a=-2 * std, b=2 * std)
-                nn.init.zeros_(bias.data)
+        fan_in = obs_dim + act_dim + 16
+        self.embed_hidden, self.embed_out = TwinLinear(16, 32), TwinLinear(32, 16)
+        self.obs_in = TwinLinear(obs_dim, hidden_dim, fan_in)
+        self.action_in = TwinLinear(act_dim, hidden_dim, fan_in, bias=False)
+        self.level_in = TwinLinear(16, hidden_dim, fan_in, bias=False)
+        self.hidden = nn.ModuleList(TwinLinear(hidden_dim, hidden_dim) for _ in range(num_hidden - 1))
+        self.out = TwinLinear(hidden_dim, 1)
+
+    def embed(self, level: torch.Tensor) -> torch.Tensor:
+        """Each critic's embedding of integer levels: (...) -> (2, ..., 16)."""
+        return self.embed_out(common.mish(self.embed_hidden(level_features(level)[None])))
+
+    def trunk(self, pre_activation: torch.Tensor) -> torch.Tensor:
+        """The rest of both critics from the first layer's pre-activation (2, ..., H) -> Q (2, ...)."""
+        h = common.mish(pre_activation)
+        for layer in self.hidden:
+            h = common.mish(layer(h))
+        return self.out(h).squeeze(-1)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, level) -> torch.Tensor:
         """level: an int or a long tensor broadcasting with the leading dims of `action`."""
         level = torch.as_tensor(level, device=obs.device)
-        return self.q(obs, action, self.embed(level_features(level))).squeeze(-1)
+        parts = [self.obs_in(obs[None]), self.action_in(action[None]), self.level_in(self.embed(level))]
+        lead = torch.broadcast_shapes(*(p.shape[1:-1] for p in parts))
+        # right-align each part's leading dims with the broadcast shape, then add
+        return self.trunk(sum(p.view(2, *[1] * (len(lead) + 2 - p.dim()), *p.shape[1:]) for p in parts))
 
     def along_chain(self, obs: torch.Tensor, num_levels: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """Q for fixed states as a function of the actions and a level index: q(x (N, B, A), level int) -> (2, N, B),
         equal to forward(obs, x, level). What does not change along a Langevin chain -- the states' share of the
         first layer and each level embedding's share -- is computed here once, not in each of its 20 steps."""
-        fixed = self.q.biases[0].unsqueeze(1) + self.q.project(0, obs).unsqueeze(1)  # (2, 1, B, H)
-        level_emb = self.embed(level_features(torch.arange(num_levels, device=obs.device)))  # (2, L, 16)
-        level_part = self.q.project(2, level_emb).unsqueeze(2).unsqueeze(2)  # (2, L, 1, 1, H)
+        fixed = self.obs_in(obs[None]).unsqueeze(1)  # (2, 1, B, H)
+        level_part = self.level_in(self.embed(torch.arange(num_levels, device=obs.device)))[:, :, None, None]
 
         def q(x: torch.Tensor, level: int) -> torch.Tensor:
-            return self.q.trunk(fixed + level_part[:, level] + self.q.project(1, x)).squeeze(-1)
+            return self.trunk(fixed + level_part[:, level] + self.action_in(x[None]))
 
         return q
 
@@ -421,11 +455,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     validate(args)
     if args.lql:
         args.num_levels = 1
-    if args.resume:  # continue in the checkpoint's run directory
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
-    else:
-        run_dir = os.path.join(args.run_dir, common.run_name_for(args.env_id, args.exp_name, args.seed))
-
+    run_dir = common.run_dir_for(args)
     common.seed_everything(args.seed, args.torch_deterministic)
     device = common.pick_device(args.cuda)
     hot = hot_paths(args.compile, device)  # the eager functions, or compiled copies of them
@@ -440,46 +470,32 @@ def main(argv: Optional[list[str]] = None) -> None:
     optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
     sigmas = torch.tensor(noise_schedule(args.num_levels, args.sigma_max, args.sigma_min), device=device)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
-    modules, optimizers = {"critic": critic, "critic_target": critic_target}, {"critic": optimizer}
-
-    # counters (all of them are saved in checkpoints)
-    step = dict(global_step=0, updates=0, next_log=args.log_frequency, next_eval=args.eval_frequency, last_eval=-1,
-                next_checkpoint=args.checkpoint_frequency)  # fmt: skip
-    if args.resume:
-        step.update(common.load_checkpoint(args.resume, ALGORITHM, args.env_id, modules, optimizers, envs, rb))
-        print(f"resumed from {args.resume} at step {step['global_step']} with {rb.size} transitions in the buffer")
-    logger = common.Logger(run_dir, args, args.track, args.wandb_project_name, args.wandb_entity,
-                           resume_step=step["global_step"] if args.resume else None)  # fmt: skip
-    print(f"run directory: {run_dir}", flush=True)
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-
-    def write_checkpoint(path: str) -> None:
-        common.save_checkpoint(path, ALGORITHM, args, modules, optimizers, step, envs,
-                               rb if args.checkpoint_buffer else None)  # fmt: skip
+    step = {}  # global_step, updates, when to log / evaluate / checkpoint: saved in checkpoints, restored on --resume
+    run = common.Run(ALGORITHM, args, run_dir, envs, {"critic": critic, "critic_target": critic_target},
+                     {"critic": optimizer}, rb, step)  # fmt: skip
 
     @torch.no_grad()
     def policy(o: torch.Tensor) -> torch.Tensor:
         return hot.sample_actions(critic, o, args, act_dim)
 
-    stop = common.StopSignal()
     obs, _ = envs.reset(seed=args.seed + step["global_step"])  # in-flight episodes restart after a resume
-    progress = common.Progress(args.total_timesteps, args.learning_starts, start_step=step["global_step"])
     last_return, update_info = None, {}
-    try:
+    with run.stop_on_non_finite():
         while step["global_step"] < args.total_timesteps:
-            global_step = step["global_step"]
             # ---- act: uniform warm-up, then one annealed Langevin chain per state ----
-            if global_step < args.learning_starts:
+            if step["global_step"] < args.learning_starts:
                 actions = envs.action_space.sample()
             else:
                 actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
                 common.check_finite("actions", actions)
             next_obs, rewards, terminated, truncated, infos = envs.step(actions)
-            global_step = step["global_step"] = global_step + args.num_envs
+            global_step = step["global_step"] = step["global_step"] + args.num_envs
             for episode_return, episode_length in common.finished_episodes(infos):
                 last_return = episode_return
-                logger.scalars({"charts/episodic_return": episode_return, "charts/episodic_length": episode_length},
-                               global_step)  # fmt: skip
+                run.logger.scalars({"charts/episodic_return": episode_return,
+                                    "charts/episodic_length": episode_length}, global_step)  # fmt: skip
+
+            # ---- store: the real next observation (the final one where an episode ended) ----
             real_next_obs = common.real_next_obs(next_obs, infos)
             common.check_finite("rewards", rewards)  # a NaN from the env never enters the buffer
             common.check_finite("observations", real_next_obs)
@@ -494,52 +510,23 @@ def main(argv: Optional[list[str]] = None) -> None:
                 step["updates"] += 1
 
             # ---- log ----
-            if global_step >= step["next_log"]:
-                step["next_log"] += args.log_frequency
-                sps = progress.rate() or 0.0  # steps/s over the last 30 s of this phase (warm-up or training)
-                logger.scalars({**update_info, "charts/SPS": sps, "charts/updates": step["updates"]}, global_step)
-            progress.update(global_step, step["updates"], last_return)
+            if run.log_due():
+                sps = run.progress.rate() or 0.0  # steps/s over the last 30 s of this phase (warm-up or training)
+                run.logger.scalars({**update_info, "charts/SPS": sps, "charts/updates": step["updates"]}, global_step)
+            run.progress.update(global_step, step["updates"], last_return)
 
             # ---- evaluate with the same stochastic sampler ----
-            finished = global_step >= args.total_timesteps
-            if global_step >= step["next_eval"] or (finished and step["last_eval"] < global_step):
-                step["next_eval"], step["last_eval"] = step["next_eval"] + args.eval_frequency, global_step
+            if run.eval_due():
                 returns, _ = common.evaluate(policy, args.env_id, args.eval_episodes,
                                              args.seed + 1_000_000 + global_step, device)  # fmt: skip
-                logger.scalars({"eval/episodic_return": returns.mean(), "eval/episodic_return_std": returns.std()},
-                               global_step)  # fmt: skip
-                progress.write(f"eval at {global_step}: {returns.mean():.1f} +- {returns.std():.1f}")
+                run.logger.scalars({"eval/episodic_return": returns.mean(),
+                                    "eval/episodic_return_std": returns.std()}, global_step)  # fmt: skip
+                run.progress.write(f"eval at {global_step}: {returns.mean():.1f} +- {returns.std():.1f}")
 
-            # ---- checkpoint: periodically, and on SIGINT / SIGTERM ----
-            if global_step >= step["next_checkpoint"]:
-                step["next_checkpoint"] += args.checkpoint_frequency
-                write_checkpoint(checkpoint_path)
-            if stop.name is not None:
-                write_checkpoint(checkpoint_path)
-                progress.write(f"{stop.name} received: stopped at step {global_step}, checkpoint written to "
-                               f"{checkpoint_path} (continue with --resume {checkpoint_path})")  # fmt: skip
+            # ---- checkpoint: periodically, and on SIGINT / SIGTERM (then stop) ----
+            if run.checkpoint_and_stop():
                 break
-    except common.NonFiniteError as err:
-        progress.close()
-        last_good = os.path.join(run_dir, "last_good_checkpoint.pt")
-        write_checkpoint(last_good)
-        value, at = logger.last_values.get(err.name, (None, None))
-        last = f"its last logged finite value was {value:.6g} at step {at}" if value is not None else "never logged"
-        envs.close()
-        logger.close()
-        raise SystemExit(f"error: {err.name} became NaN or inf at step {step['global_step']} ({last}); the last "
-                         f"good state is saved in {last_good}.") from None  # fmt: skip
-
-    progress.close()
-    if args.save_model:
-        path = os.path.join(run_dir, f"{args.exp_name}.pt")
-        common.save_atomic({"algorithm": ALGORITHM, "args": asdict(args), "obs_dim": obs_dim, "act_dim": act_dim,
-                            "critic": critic.state_dict()}, path)  # fmt: skip
-        print(f"model saved to {path}", flush=True)
-    if args.compile:
-        print(f"torch.compile built {common.compiled_graph_count()} graphs in this run", flush=True)
-    envs.close()
-    logger.close()
+    run.finish({"obs_dim": obs_dim, "act_dim": act_dim, "critic": critic.state_dict()})
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 import numpy as np
@@ -107,8 +107,6 @@ class Args:
     """width of the hidden layers of actor and critics"""
     num_hidden: int = 3
     """number of hidden layers of actor and critics"""
-    activation: Literal["mish", "relu", "silu"] = "mish"
-    """hidden activation [ours: Mish, as the authors' NC-LQL release]"""
     eval_frequency: int = 125_000
     """evaluate every this many environment transitions"""
     eval_episodes: int = 20
@@ -136,26 +134,22 @@ class Args:
     """[ours] off; on: unit-normalise the score and multiply by w in the target velocity (the third-party form)"""
     w: float = 1.0
     """[paper] greediness: the target velocity is -0.5 beta(t) (a_t + w * score); [ours] 1, the exact PF-ODE"""
-    clip_proposals: bool = False
-    """[ours] idem only: clip the proposals to the box (Q and its gradient taken at the clipped point)"""
     num_candidates: int = 32
     """[paper] N: one-step candidates per decision, the best by min(Q1, Q2) is taken; 1 = the pure one-step policy;
     [ours] 32"""
     num_target_candidates: Optional[int] = None
     """N for the next action a' of the TD target (default: --num-candidates)"""
     flow_matching_fraction: float = 0.25
-    """[ours] fraction of the actor batch with r = t (plain flow matching, as MeanFlow does)"""
+    """[ours] fraction of the actor batch with r = t (plain flow matching, as MeanFlow does); otherwise
+    t ~ U[t_min, 1 - t_min], r ~ U[0, t]"""
     distill_rows: int = 64
     """[ours] rows per actor update on which the one-step map u(s, eps, 0, 1) is also regressed onto the actor's
     own multi-step flow from the same noise (0: off, the MeanFlow identity alone)"""
     distill_steps: int = 8
     """[ours] MeanFlow steps of that multi-step flow"""
-    time_sampler: Literal["uniform", "logit_normal", "r_zero"] = "uniform"
-    """[ours] uniform: t ~ U[t_min, 1 - t_min], r ~ U[0, t]; logit_normal: MeanFlow's (-0.4, 1.0), sorted;
-    r_zero: t uniform, r = 0 (only the averages that one-step sampling uses, u(s, a, 0, t))"""
-    actor_points: Literal["replay", "policy", "boltzmann"] = "boltzmann"
+    actor_points: Literal["boltzmann", "replay"] = "boltzmann"
     """[ours] actions noised to t for the actor's fit: approximate draws of exp(Q / alpha) (K uniform proposals
-    resampled by the softmax), replay actions, or the policy's own one-step samples"""
+    resampled by the softmax), or the batch's replay actions"""
     adaptive_power: float = 0.5
     """[ours] p of MeanFlow's adaptive loss weight 1 / (err + 1e-3)^p; 0 = plain squared error"""
     t_min: float = 1e-3
@@ -185,8 +179,6 @@ def vp_mu_sigma(t: torch.Tensor, beta_min: float, beta_max: float) -> tuple[torc
 # Networks
 # ====================================================================================================================
 
-ACTIVATIONS = {"mish": common.Mish, "relu": nn.ReLU, "silu": nn.SiLU}
-
 
 def time_embedding(t: torch.Tensor, dim: int = 16, max_freq: float = 20.0) -> torch.Tensor:
     """Low-frequency sinusoidal features of t in [0, 1]: (..., 1) -> (..., dim), frequencies 1 .. max_freq rad.
@@ -198,28 +190,82 @@ def time_embedding(t: torch.Tensor, dim: int = 16, max_freq: float = 20.0) -> to
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
-class MeanFlowActor(nn.Module):
-    """u(s, a, r, t): the average velocity of the flow over [r, t]. Inputs broadcast: s (B, S), a (N, B, A), r/t
-    (..., 1). Output has a's shape. Conditioned on embeddings of t and of t - r."""
+def linear(in_dim: int, out_dim: int, fan_in: int, bias: bool = True) -> nn.Linear:
+    """nn.Linear initialised as one layer with `fan_in` inputs would be (uniform in +-1/sqrt(fan_in)): a first layer
+    split by input (state, action, time) starts exactly like the single layer on their concatenation."""
+    layer = nn.Linear(in_dim, out_dim, bias=bias)
+    bound = 1.0 / math.sqrt(fan_in)
+    for p in layer.parameters():
+        nn.init.uniform_(p, -bound, bound)
+    return layer
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_hidden: int, activation: type[nn.Module]):
+
+class MeanFlowActor(nn.Module):
+    """u(s, a, r, t): the average velocity of the flow over [r, t], an MLP with Mish on [s, a, emb(t), emb(t - r)].
+
+    Inputs broadcast: s (B, S), a (N, B, A), r and t (..., 1); the output has a's shape. The first layer is applied
+    input by input, W [s, a, e] + b = (W_s s + b) + W_a a + W_e e, so a state shared by N candidates is multiplied
+    once, not N times."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_hidden: int):
         super().__init__()
         self.act_dim = act_dim
-        self.net = common.EnsembleMLP(1, [obs_dim, act_dim, 16, 16], hidden_dim, num_hidden, act_dim, activation)
+        fan_in = obs_dim + act_dim + 32
+        self.obs_in = linear(obs_dim, hidden_dim, fan_in)
+        self.action_in = linear(act_dim, hidden_dim, fan_in, bias=False)
+        self.time_in = linear(32, hidden_dim, fan_in, bias=False)
+        self.hidden = nn.ModuleList(linear(hidden_dim, hidden_dim, hidden_dim) for _ in range(num_hidden - 1))
+        self.out = linear(hidden_dim, act_dim, hidden_dim)
 
     def forward(self, obs, action, r, t):
-        return self.net(obs, action, time_embedding(t), time_embedding(t - r))[0]
+        times = torch.cat([time_embedding(t), time_embedding(t - r)], dim=-1)
+        h = common.mish(self.obs_in(obs) + self.action_in(action) + self.time_in(times))
+        for layer in self.hidden:
+            h = common.mish(layer(h))
+        return self.out(h)
+
+
+class TwinLinear(nn.Module):
+    """The same linear layer of both critics, stored as one (2, in, out) weight so that both run as one batched
+    matmul: x (2, ..., in), or (1, ..., in) for an input both share, -> (2, ..., out). Initialised as nn.Linear with
+    `fan_in` inputs."""
+
+    def __init__(self, in_dim: int, out_dim: int, fan_in: int, bias: bool = True):
+        super().__init__()
+        bound = 1.0 / math.sqrt(fan_in)
+        self.weight = nn.Parameter(torch.empty(2, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(2, 1, out_dim).uniform_(-bound, bound)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(x.shape[0], -1, x.shape[-1])
+        if self.bias is None:
+            out = torch.matmul(rows, self.weight)
+        else:
+            out = torch.baddbmm(self.bias, rows.expand(2, -1, -1), self.weight)
+        return out.view(2, *x.shape[1:-1], out.shape[-1])
 
 
 class TwinCritic(nn.Module):
-    """Q1 and Q2 in one batched call: (s (..., S), a (..., A)) -> (2, ...)."""
+    """Q1 and Q2, each an MLP with Mish on [s, a], in one batched call: (s (..., S), a (..., A)) -> (2, ...).
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_hidden: int, activation: type[nn.Module]):
+    As in the actor, the first layer is applied input by input, so the K proposals or N candidates of a state share
+    one projection of it: s (B, S) with a (K, B, A) costs one (B, S) product, not K."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_hidden: int):
         super().__init__()
-        self.net = common.EnsembleMLP(2, [obs_dim, act_dim], hidden_dim, num_hidden, 1, activation)
+        self.obs_in = TwinLinear(obs_dim, hidden_dim, obs_dim + act_dim)
+        self.action_in = TwinLinear(act_dim, hidden_dim, obs_dim + act_dim, bias=False)
+        self.hidden = nn.ModuleList(TwinLinear(hidden_dim, hidden_dim, hidden_dim) for _ in range(num_hidden - 1))
+        self.out = TwinLinear(hidden_dim, 1, hidden_dim)
 
     def forward(self, obs, action):
-        return self.net(obs, action).squeeze(-1)
+        state_part, action_part = self.obs_in(obs[None]), self.action_in(action[None])  # (2, ..., H) each
+        # right-align the state's leading dims with the actions' (N, B) so that the sum broadcasts
+        state_part = state_part.view(2, *[1] * (action_part.dim() - state_part.dim()), *state_part.shape[1:])
+        h = common.mish(state_part + action_part)
+        for layer in self.hidden:
+            h = common.mish(layer(h))
+        return self.out(h).squeeze(-1)
 
 
 # ====================================================================================================================
@@ -298,7 +344,6 @@ def score_estimate(
     beta_max: float,
     estimator: str = "tweedie",
     q_norm: str = "state",
-    clip_proposals: bool = False,
 ) -> tuple[torch.Tensor, dict]:
     """Monte-Carlo estimate of grad_a log p_t(a_t | s), p_t the VP-noised Boltzmann policy exp(Q / alpha).
 
@@ -322,14 +367,12 @@ def score_estimate(
     elif estimator == "idem":
         eps = torch.randn((num_samples, *noised_action.shape), device=obs.device)
         proposals = noised_action / mu + (sigma / mu) * eps
-        # clamp must not zero the gradient: Q and its gradient are both taken at the clipped point
-        query = proposals.clamp(-1.0, 1.0) if clip_proposals else proposals
 
         def summed_q(a):  # torch.func.grad differentiates in the actions only (no parameter gradients)
             q = q_fn(obs, a)
             return q.sum(), q
 
-        grad_q, q = torch.func.grad(summed_q, has_aux=True)(query)
+        grad_q, q = torch.func.grad(summed_q, has_aux=True)(proposals)
         q_normed, scale = normalise_q(q, q_norm)
         weights = torch.softmax(q_normed / alpha, dim=0)
         score = (weights.unsqueeze(-1) * grad_q / scale).sum(0) / (alpha * mu)
@@ -378,14 +421,10 @@ def target_velocity(
 # ====================================================================================================================
 
 
-def sample_time_pair(batch_size: int, t_min: float, flow_matching_fraction: float, sampler: str, device):
-    """(r, t), each (B, 1), with 0 <= r <= t <= 1 - t_min and r = t on a `flow_matching_fraction` of rows."""
-    if sampler in ("uniform", "r_zero"):
-        t = t_min + (1.0 - 2.0 * t_min) * torch.rand(batch_size, 1, device=device)
-        r = t * torch.rand(batch_size, 1, device=device) if sampler == "uniform" else torch.zeros_like(t)
-    else:  # MeanFlow's logit-normal(-0.4, 1.0) pair, sorted so that r <= t
-        pair = torch.sigmoid(torch.randn(batch_size, 2, device=device) - 0.4).clamp(t_min, 1.0 - t_min)
-        r, t = pair.min(dim=1, keepdim=True).values, pair.max(dim=1, keepdim=True).values
+def sample_time_pair(batch_size: int, t_min: float, flow_matching_fraction: float, device):
+    """(r, t), each (B, 1): t ~ U[t_min, 1 - t_min], r ~ U[0, t], and r = t on a `flow_matching_fraction` of rows."""
+    t = t_min + (1.0 - 2.0 * t_min) * torch.rand(batch_size, 1, device=device)
+    r = t * torch.rand(batch_size, 1, device=device)
     same = torch.rand(batch_size, 1, device=device) < flow_matching_fraction
     return torch.where(same, t, r), t
 
@@ -407,18 +446,21 @@ def adaptive_weighted(sq_err: torch.Tensor, power: float, eps: float = 1e-3) -> 
     return (sq_err / (sq_err.detach() + eps).pow(power)).mean()
 
 
-def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_power: float = 1.0,
-                  adaptive_eps: float = 1e-3) -> tuple[torch.Tensor, dict]:  # fmt: skip
+def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_power: float = 1.0, adaptive_eps: float = 1e-3,
+                  diagnostics: bool = False) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """MeanFlow loss with the adaptive weight: mean_b d_b / stopgrad(d_b + eps)^p, d_b = mean_dims (u - u_tgt)^2.
     p = 1 is MeanFlow's choice (a robust, log-like loss); p = 0 is the plain squared error.
 
     u is computed with gradient; the target (and its JVP) without, which gives the same gradient as MeanFlow's
-    stop-gradient on the target. obs (B, S), noised_action / velocity (B, A), r / t (B, 1).
+    stop-gradient on the target. obs (B, S), noised_action / velocity (B, A), r / t (B, 1). With `diagnostics`
+    the info also holds the norms of u_tgt and du/dt and the squared error by range of t (else it is empty).
     """
     u = actor(obs, noised_action, r, t)
     u_target, du_dt = meanflow_target(actor, obs, noised_action, r, t, velocity)
     sq_err = (u - u_target).pow(2).mean(-1)
     loss = adaptive_weighted(sq_err, adaptive_power, adaptive_eps)
+    if not diagnostics:
+        return loss, {}
     info = {"du_dt_norm": du_dt.norm(dim=-1).mean(), "target_norm": u_target.norm(dim=-1).mean(),
             "meanflow_mse": sq_err.mean()}  # fmt: skip
     for low, high in ((0.0, 0.33), (0.33, 0.67), (0.67, 1.0)):  # where along the flow the fit is off
@@ -516,31 +558,29 @@ def critic_loss(critic: TwinCritic, obs, actions, y) -> tuple[torch.Tensor, torc
     return (q - y).pow(2).mean(dim=1).sum(), q.detach().mean()
 
 
-def actor_loss(args: Args, batch, actor, critic) -> tuple[torch.Tensor, dict]:
+def actor_loss(args: Args, batch, actor, critic, diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
     """The MeanFlow loss on replay states with actions a (--actor-points; default: draws of exp(Q / alpha)) noised to t:
         a_t = mu(t) a + sigma(t) eps,   v = PF-ODE velocity at (a_t, t) from the score estimate,
         loss = adaptive-weighted || u(s, a_t, r, t) - stopgrad(v - (t - r) du/dt) ||^2
     plus, on --distill-rows rows, the one-step map regressed onto the actor's own multi-step flow:
         adaptive-weighted || u(s, eps, 0, 1) - stopgrad(eps - flow_n(s, eps)) ||^2,   n = --distill-steps.
-    Only the actor's outputs with (r, t) inputs carry a gradient (to the actor's parameters)."""
+    Only the actor's outputs with (r, t) inputs carry a gradient (to the actor's parameters). The info is empty
+    unless `diagnostics` (actor_diagnostics, at log time)."""
     obs, actions = batch[0], batch[1]
 
     def mean_q(o, a):  # the mean of the two online critics
         return critic(o, a).mean(dim=0)
 
     with torch.no_grad():
-        if args.actor_points == "policy":  # the current policy's own samples: where its flow actually runs
-            actions = one_step_sample(actor, obs, 1)[0]
-        elif args.actor_points == "boltzmann":  # approximate draws of pi* itself: the data the flow should carry
+        if args.actor_points == "boltzmann":  # approximate draws of pi* itself: the data the flow should carry
             actions = boltzmann_resample(mean_q, obs, actions.shape[-1], args.num_mc_samples, args.alpha, args.q_norm)
-        r, t = sample_time_pair(len(obs), args.t_min, args.flow_matching_fraction, args.time_sampler, obs.device)
+        r, t = sample_time_pair(len(obs), args.t_min, args.flow_matching_fraction, obs.device)
         mu, sigma = vp_mu_sigma(t, args.beta_min, args.beta_max)
         noised = mu * actions + sigma * torch.randn_like(actions)  # the training point: an action noised to time t
         score, score_info = score_estimate(mean_q, obs, noised, t, args.num_mc_samples, args.alpha, args.beta_min,
-                                           args.beta_max, args.score_estimator, args.q_norm,
-                                           args.clip_proposals)  # fmt: skip
+                                           args.beta_max, args.score_estimator, args.q_norm)  # fmt: skip
         velocity = target_velocity(noised, score, t, args.w, args.beta_min, args.beta_max, args.score_norm)
-    loss, flow_info = meanflow_loss(actor, obs, noised, r, t, velocity, args.adaptive_power)
+    loss, flow_info = meanflow_loss(actor, obs, noised, r, t, velocity, args.adaptive_power, diagnostics=diagnostics)
     if args.distill_rows > 0:  # one step regressed onto the actor's own multi-step flow from the same noise
         rows = obs[: args.distill_rows]
         noise = torch.randn(len(rows), actions.shape[-1], device=obs.device)
@@ -549,8 +589,20 @@ def actor_loss(args: Args, batch, actor, critic) -> tuple[torch.Tensor, dict]:
         ones = torch.ones(1, 1, device=obs.device)
         sq_err = (actor(rows, noise, 0.0 * ones, ones) - shortcut).pow(2).mean(-1)
         loss = loss + adaptive_weighted(sq_err, args.adaptive_power)
-        flow_info["one_step_distill_mse"] = sq_err.detach().mean()
+        if diagnostics:
+            flow_info["one_step_distill_mse"] = sq_err.detach().mean()
+    if not diagnostics:
+        return loss, {}
     return loss, {f"losses/{k}": v for k, v in {**score_info, **flow_info}.items()}
+
+
+def actor_diagnostics(args: Args, batch, actor, critic) -> dict:
+    """For the logs, on a small batch and outside the hot path (eager): the score's norm and the softmax's effective
+    sample size, the MeanFlow error overall and by range of t, the norms of its target and du/dt, the distillation
+    error, and how much Q one step loses against the 20-step flow (one_step_q_gap)."""
+    with torch.no_grad():
+        _, info = actor_loss(args, batch, actor, critic, diagnostics=True)
+        return {**info, "losses/one_step_q_gap": one_step_q_gap(actor, critic, batch[0])}
 
 
 @dataclass(frozen=True)
@@ -600,9 +652,8 @@ def actor_update(args: Args, batch, actor, critic, actor_optimizer, hot: Optiona
 
 
 def build_networks(args: Args, obs_dim: int, act_dim: int, device):
-    activation = ACTIVATIONS[args.activation]
-    actor = MeanFlowActor(obs_dim, act_dim, args.hidden_dim, args.num_hidden, activation).to(device)
-    critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.num_hidden, activation).to(device)
+    actor = MeanFlowActor(obs_dim, act_dim, args.hidden_dim, args.num_hidden).to(device)
+    critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.num_hidden).to(device)
     return actor, critic
 
 
@@ -662,11 +713,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     validate(args)
     if args.num_target_candidates is None:
         args.num_target_candidates = args.num_candidates
-    if args.resume:  # continue in the checkpoint's run directory
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
-    else:
-        run_dir = os.path.join(args.run_dir, common.run_name_for(args.env_id, args.exp_name, args.seed))
-
+    run_dir = common.run_dir_for(args)
     common.seed_everything(args.seed, args.torch_deterministic)
     device = common.pick_device(args.cuda)
     hot = hot_paths(args.compile, device)  # the eager functions, or compiled copies of them
@@ -681,23 +728,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
-    modules = {"actor": actor, "critic": critic, "critic_target": critic_target}
-    optimizers = {"actor": actor_optimizer, "critic": critic_optimizer}
-
-    # counters (all of them are saved in checkpoints)
-    step = dict(global_step=0, updates=0, next_log=args.log_frequency, next_eval=args.eval_frequency, last_eval=-1,
-                next_checkpoint=args.checkpoint_frequency, bound_hits=0.0, acting_steps=0)  # fmt: skip
-    if args.resume:
-        step.update(common.load_checkpoint(args.resume, ALGORITHM, args.env_id, modules, optimizers, envs, rb))
-        print(f"resumed from {args.resume} at step {step['global_step']} with {rb.size} transitions in the buffer")
-    logger = common.Logger(run_dir, args, args.track, args.wandb_project_name, args.wandb_entity,
-                           resume_step=step["global_step"] if args.resume else None)  # fmt: skip
-    print(f"run directory: {run_dir}", flush=True)
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-
-    def write_checkpoint(path: str) -> None:
-        common.save_checkpoint(path, ALGORITHM, args, modules, optimizers, step, envs,
-                               rb if args.checkpoint_buffer else None)  # fmt: skip
+    # global_step, updates, when to log / evaluate / checkpoint (set by Run), and how often actions hit the box edge:
+    # all saved in checkpoints and restored on --resume
+    step = {"bound_hits": 0.0, "acting_steps": 0}
+    run = common.Run(ALGORITHM, args, run_dir, envs, {"actor": actor, "critic": critic, "critic_target": critic_target},
+                     {"actor": actor_optimizer, "critic": critic_optimizer}, rb, step)  # fmt: skip
 
     def policy_for(n: int):
         @torch.no_grad()
@@ -706,15 +741,12 @@ def main(argv: Optional[list[str]] = None) -> None:
 
         return policy
 
-    stop = common.StopSignal()
     obs, _ = envs.reset(seed=args.seed + step["global_step"])  # in-flight episodes restart after a resume
-    progress = common.Progress(args.total_timesteps, args.learning_starts, start_step=step["global_step"])
     last_return, update_info = None, {}
-    try:
+    with run.stop_on_non_finite():
         while step["global_step"] < args.total_timesteps:
-            global_step = step["global_step"]
             # ---- act: uniform warm-up, then the best of N one-step candidates ----
-            if global_step < args.learning_starts:
+            if step["global_step"] < args.learning_starts:
                 actions = envs.action_space.sample()
             else:
                 with torch.no_grad():
@@ -727,11 +759,13 @@ def main(argv: Optional[list[str]] = None) -> None:
                 step["bound_hits"] += float((np.abs(actions) > 0.999).mean())
                 step["acting_steps"] += 1
             next_obs, rewards, terminated, truncated, infos = envs.step(actions)
-            global_step = step["global_step"] = global_step + args.num_envs
+            global_step = step["global_step"] = step["global_step"] + args.num_envs
             for episode_return, episode_length in common.finished_episodes(infos):
                 last_return = episode_return
-                logger.scalars({"charts/episodic_return": episode_return, "charts/episodic_length": episode_length},
-                               global_step)  # fmt: skip
+                run.logger.scalars({"charts/episodic_return": episode_return,
+                                    "charts/episodic_length": episode_length}, global_step)  # fmt: skip
+
+            # ---- store: the real next observation (the final one where an episode ended) ----
             real_next_obs = common.real_next_obs(next_obs, infos)
             common.check_finite("rewards", rewards)  # a NaN from the env never enters the buffer
             common.check_finite("observations", real_next_obs)
@@ -746,63 +780,31 @@ def main(argv: Optional[list[str]] = None) -> None:
                 common.polyak_update(critic_target, critic, args.tau)
                 step["updates"] += 1
 
-            # ---- log ----
-            if global_step >= step["next_log"]:
-                step["next_log"] += args.log_frequency
-                sps = progress.rate() or 0.0  # steps/s over the last 30 s of this phase (warm-up or training)
+            # ---- log: the update's losses, and the actor's fit on 64 replay rows (eager, outside the hot path) ----
+            if run.log_due():
+                diagnostics = actor_diagnostics(args, rb.sample(64), actor, critic) if update_info else {}
                 bounds = step["bound_hits"] / max(step["acting_steps"], 1)
-                diagnostics = {}
-                if global_step >= args.learning_starts:  # how much the one-step shortcut loses, on 64 replay states
-                    with torch.no_grad():
-                        diagnostics["losses/one_step_q_gap"] = one_step_q_gap(actor, critic, rb.sample(64)[0])
-                logger.scalars({**update_info, **diagnostics, "charts/action_bound_fraction": bounds,
-                                "charts/SPS": sps, "charts/updates": step["updates"]}, global_step)  # fmt: skip
-            progress.update(global_step, step["updates"], last_return)
+                sps = run.progress.rate() or 0.0  # steps/s over the last 30 s of this phase (warm-up or training)
+                run.logger.scalars({**update_info, **diagnostics, "charts/action_bound_fraction": bounds,
+                                    "charts/SPS": sps, "charts/updates": step["updates"]}, global_step)  # fmt: skip
+            run.progress.update(global_step, step["updates"], last_return)
 
             # ---- evaluate: best-of-N (the protocol) and N = 1 (the one-step actor on its own) ----
-            if global_step >= step["next_eval"] or (
-                global_step >= args.total_timesteps and step["last_eval"] < global_step
-            ):
-                step["next_eval"], step["last_eval"] = step["next_eval"] + args.eval_frequency, global_step
+            if run.eval_due():
                 eval_seed = args.seed + 1_000_000 + global_step
                 returns_n, _ = common.evaluate(policy_for(args.num_candidates), args.env_id, args.eval_episodes,
                                                eval_seed, device)  # fmt: skip
                 returns_1, _ = common.evaluate(policy_for(1), args.env_id, args.eval_episodes, eval_seed, device)
-                logger.scalars({"eval/episodic_return": returns_n.mean(), "eval/episodic_return_std": returns_n.std(),
-                                "eval/episodic_return_n1": returns_1.mean()}, global_step)  # fmt: skip
-                progress.write(f"eval at {global_step}: best-of-{args.num_candidates} {returns_n.mean():.1f} +- "
-                               f"{returns_n.std():.1f}, N=1 {returns_1.mean():.1f}")  # fmt: skip
+                run.logger.scalars({"eval/episodic_return": returns_n.mean(),
+                                    "eval/episodic_return_std": returns_n.std(),
+                                    "eval/episodic_return_n1": returns_1.mean()}, global_step)  # fmt: skip
+                run.progress.write(f"eval at {global_step}: best-of-{args.num_candidates} {returns_n.mean():.1f} +- "
+                                   f"{returns_n.std():.1f}, N=1 {returns_1.mean():.1f}")  # fmt: skip
 
-            # ---- checkpoint: periodically, and on SIGINT / SIGTERM ----
-            if global_step >= step["next_checkpoint"]:
-                step["next_checkpoint"] += args.checkpoint_frequency
-                write_checkpoint(checkpoint_path)
-            if stop.name is not None:
-                write_checkpoint(checkpoint_path)
-                progress.write(f"{stop.name} received: stopped at step {global_step}, checkpoint written to "
-                               f"{checkpoint_path} (continue with --resume {checkpoint_path})")  # fmt: skip
+            # ---- checkpoint: periodically, and on SIGINT / SIGTERM (then stop) ----
+            if run.checkpoint_and_stop():
                 break
-    except common.NonFiniteError as err:
-        progress.close()
-        last_good = os.path.join(run_dir, "last_good_checkpoint.pt")
-        write_checkpoint(last_good)
-        value, at = logger.last_values.get(err.name, (None, None))
-        last = f"its last logged finite value was {value:.6g} at step {at}" if value is not None else "never logged"
-        envs.close()
-        logger.close()
-        raise SystemExit(f"error: {err.name} became NaN or inf at step {step['global_step']} ({last}); the last "
-                         f"good state is saved in {last_good}.") from None  # fmt: skip
-
-    progress.close()
-    if args.save_model:
-        path = os.path.join(run_dir, f"{args.exp_name}.pt")
-        common.save_atomic({"algorithm": ALGORITHM, "args": asdict(args), "obs_dim": obs_dim, "act_dim": act_dim,
-                            "actor": actor.state_dict(), "critic": critic.state_dict()}, path)  # fmt: skip
-        print(f"model saved to {path}", flush=True)
-    if args.compile:
-        print(f"torch.compile built {common.compiled_graph_count()} graphs in this run", flush=True)
-    envs.close()
-    logger.close()
+    run.finish({"obs_dim": obs_dim, "act_dim": act_dim, "actor": actor.state_dict(), "critic": critic.state_dict()})
 
 
 if __name__ == "__main__":

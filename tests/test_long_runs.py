@@ -108,19 +108,11 @@ def chronological_order(rb) -> torch.Tensor:
     return common.chronological_rows(rb.size, rb.pos, rb.capacity)
 
 
-def test_a_checkpoint_with_a_ring_ordered_buffer_still_resumes_in_order(tmp_path):
-    """Checkpoints written before the rows were saved oldest first hold them in ring order with the write position."""
-    envs = common.make_vector_env("Pendulum-v1", 1, seed=0)
-    saved = {"obs": torch.tensor([[3.0], [4.0], [1.0], [2.0]]), "pos": 2}  # rows 1, 2, 3, 4 added, next write at 2
-    saved.update(next_obs=saved["obs"] + 1, actions=saved["obs"] / 10, rewards=saved["obs"][:, 0],
-                 terminated=torch.zeros(4))  # fmt: skip
-    payload = {"algorithm": "som", "args": {"env_id": "Pendulum-v1"}, "modules": {}, "optimizers": {}, "counters": {},
-               "rng": common._rng_state(envs), "buffer": saved}  # fmt: skip
-    common.save_atomic(payload, str(tmp_path / "c.pt"))
-    rb = som.ReplayBuffer(10, 1, 1, torch.device("cpu"))
-    common.load_checkpoint(str(tmp_path / "c.pt"), "som", "Pendulum-v1", {}, {}, envs, rb)
-    assert (rb.size, rb.pos) == (4, 4)
-    torch.testing.assert_close(rb.rewards[:4], torch.tensor([1.0, 2.0, 3.0, 4.0]))
+def test_a_file_of_the_older_format_is_refused_in_one_sentence(tmp_path):
+    path = str(tmp_path / "old.pt")
+    torch.save({"algorithm": "som", "args": {"env_id": "Hopper-v4"}, "counters": {}}, path)  # no "format": 1
+    proc = run_script("som.py", "--resume", path)
+    assert_one_sentence_error(proc, "has file format 1, written by an older version of this code")
 
 
 def test_polyak_update_moves_each_target_parameter_a_fraction_tau_toward_the_online_one():
@@ -202,9 +194,9 @@ def test_a_resumed_run_is_the_uninterrupted_run(script, tmp_path):
 NAN_ACTOR_LOSS = """
 import sys, som
 real, calls = som.actor_loss, [0]
-def actor_loss(*args):
+def actor_loss(*args, **kwargs):
     calls[0] += 1
-    loss, info = real(*args)
+    loss, info = real(*args, **kwargs)
     return (loss * float("nan") if calls[0] > 30 else loss), info
 som.actor_loss = actor_loss
 som.main(sys.argv[1:])
