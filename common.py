@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import difflib
 import importlib
 import math
 import os
@@ -103,10 +102,10 @@ def validate_env_id(env_id: str) -> None:
             importlib.import_module(module)
         except ImportError as exc:
             raise UserInputError(f"could not import module {module!r} of environment {env_id!r} ({exc}).") from None
-    if name not in gym.registry:
-        close = difflib.get_close_matches(name, list(gym.registry.keys()), n=3, cutoff=0.6)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UserInputError(f"unknown environment id {env_id!r}.{hint}")
+    try:
+        gym.spec(name)
+    except gym.error.Error as exc:  # gymnasium's own hint: "Did you mean: `Hopper`?", or the versions it has
+        raise UserInputError(f"unknown environment id {env_id!r} ({str(exc).rstrip('.')}).") from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         env = gym.make(env_id)

@@ -14,6 +14,8 @@
 #                                 python som.py --resume runs/<run>/checkpoint.pt --total-timesteps <more>
 #   ./runs.sh probe [--dry-run]   the README's method studies: SOM's actor probes and bandit runs, the bandit figure's
 #                                 runs, LQL's step-size sweep, SOM's alpha check on Hopper-v4
+#   ./runs.sh vs_sac [--dry-run]  HalfCheetah-v4 and Hopper-v4, seeds 1 and 2, 30,000 steps at the CPU settings: SOM,
+#                                 NC-LQL and Stable-Baselines3's SAC (scripts/sac_baseline.py, requirements-bench.txt)
 #   ./runs.sh --only som          only one algorithm (som or nc_lql); combine with any of the above
 set -euo pipefail
 CALLER_DIR=$(pwd)
@@ -24,7 +26,7 @@ MODE=run
 ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    paper|quick|release|long|probe) SET="$1" ;;
+    paper|quick|release|long|probe|vs_sac) SET="$1" ;;
     --dry-run) MODE=dry ;;
     --slurm) MODE=slurm ;;
     --only)
@@ -32,13 +34,13 @@ while [ $# -gt 0 ]; do
         som|nc_lql) ONLY="$2"; shift ;;
         *) echo "runs.sh: --only takes som or nc_lql, got '${2:-}' (see ./runs.sh --help)" >&2; exit 2 ;;
       esac ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "runs.sh: unknown argument '$1' (see ./runs.sh --help)" >&2; exit 2 ;;
   esac
   shift
 done
 PYTHON=${PYTHON:-python}
-[ "$SET" = release ] || [ "$SET" = long ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
+[ "$SET" = release ] || [ "$SET" = long ] || [ "$SET" = vs_sac ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
 
 # The quick set's budgets per (script, env): what was run for the README on 2 CPU cores. SOM's Pendulum-v1 and first
 # Hopper-v4 runs used the first default's actor fit (noised replay actions, no distillation); Hopper-v4:now is the
@@ -95,6 +97,24 @@ commands() {
             echo "$PYTHON $algo.py --env-id $env --seed $seed $common --exp-name ${algo}_long"
           fi
         done
+      done
+    done
+    return
+  fi
+  if [ "$SET" = vs_sac ]; then  # SOM, NC-LQL and Stable-Baselines3's SAC at the CPU settings, 30,000 steps
+    local cpu="--num-envs 1 --learning-starts 5000 --batch-size 256 --critic-lr 3e-4 --eval-frequency 2500"
+    cpu="$cpu --eval-episodes 5 --total-timesteps 30000 --compile --checkpoint-frequency 10000 --checkpoint-buffer"
+    for env in HalfCheetah-v4 Hopper-v4; do
+      for seed in ${SEEDS:-1 2}; do
+        if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
+          echo "$PYTHON som.py --env-id $env --seed $seed $cpu --actor-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --exp-name som_vs_sac"
+        fi
+        if [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; then
+          echo "$PYTHON nc_lql.py --env-id $env --seed $seed $cpu --exp-name nc_lql_vs_sac"
+        fi
+        if [ -z "$ONLY" ]; then
+          echo "$PYTHON scripts/sac_baseline.py --env-id $env --seed $seed --total-timesteps 30000"
+        fi
       done
     done
     return

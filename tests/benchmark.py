@@ -158,10 +158,10 @@ def main() -> None:
 
         t_rand, noised = torch.rand(B, 1) * 0.998 + 0.001, torch.randn(B, A)
 
-        def score():
+        def score():  # returns the score: a compiled function whose result is unused would compute nothing
             with torch.no_grad():
-                som.score_estimate(lambda o, a: critic(o, a).mean(0), batch[0], noised, t_rand, K, args.alpha,
-                                   args.beta_min, args.beta_max)  # fmt: skip
+                return som.score_estimate(lambda o, a: critic(o, a).mean(0), batch[0], noised, t_rand, K, args.alpha,
+                                          args.beta_min, args.beta_max)[0]  # fmt: skip
 
         flops_score = 2 * mlp_flops(K * B, critic_sizes) + 2 * mlp_flops(B, [S, h])
         e = timed(score, reps)

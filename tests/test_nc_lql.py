@@ -202,7 +202,10 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
 @pytest.mark.parametrize(
     "cli,message",
     [
-        (["--env-id", "Humanoid-v9"], "unknown environment id 'Humanoid-v9'. Did you mean"),
+        (
+            ["--env-id", "Humanoid-v9"],
+            "unknown environment id 'Humanoid-v9' (Environment version `v9` for environment `Humanoid`",
+        ),
         (["--env-id", "CartPole-v1"], "Discrete action space"),
         (["--env-id", "Pendulum-v1", "--num-levels", "0"], "--num-levels must be positive"),
         (["--env-id", "Pendulum-v1", "--batch-size", "64", "--learning-starts", "10"], "must not exceed"),

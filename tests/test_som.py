@@ -386,7 +386,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
 @pytest.mark.parametrize(
     "cli,message",
     [
-        (["--env-id", "Hoper-v4"], "unknown environment id 'Hoper-v4'. Did you mean Hopper-v4"),
+        (["--env-id", "Hoper-v4"], "'Hoper-v4' (Environment `Hoper` doesn't exist. Did you mean: `Hopper`?)"),
         (["--env-id", "CartPole-v1"], "Discrete action space"),
         (["--env-id", "Pendulum-v1", "--num-envs", "0"], "--num-envs must be positive"),
         (["--env-id", "Pendulum-v1", "--batch-size", "512", "--learning-starts", "100"], "must not exceed"),

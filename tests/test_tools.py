@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import tyro
-from helpers import ROOT, assert_one_sentence_error, run_script
+from helpers import ROOT, assert_one_sentence_error, read_scalars, run_script, script_env
 
 import nc_lql
 import som
@@ -82,6 +82,29 @@ def test_long_and_probe_sets_parse():
             tyro.cli(som.Args if argv[1] == "som.py" else nc_lql.Args, args=argv[2:])
 
 
+def test_vs_sac_set_is_som_nc_lql_and_sac_on_two_tasks_and_two_seeds():
+    lines = _dry("vs_sac")
+    assert len(lines) == 2 * 2 * 3
+    runs = set()
+    for line in lines:
+        argv = shlex.split(line)
+        if argv[1] == "scripts/sac_baseline.py":
+            from scripts.sac_baseline import Args as SacArgs
+
+            args = tyro.cli(SacArgs, args=argv[2:])
+            assert (args.learning_starts, args.batch_size, args.learning_rate) == (5000, 256, 3e-4)
+            assert (args.eval_frequency, args.eval_episodes) == (2500, 5)
+        else:
+            args = tyro.cli(som.Args if argv[1] == "som.py" else nc_lql.Args, args=argv[2:])
+            assert (args.num_envs, args.learning_starts, args.batch_size, args.critic_lr) == (1, 5000, 256, 3e-4)
+            assert (args.eval_frequency, args.eval_episodes, args.checkpoint_buffer) == (2500, 5, True)
+        assert args.total_timesteps == 30_000
+        runs.add((argv[1], args.env_id, args.seed))
+    assert (
+        len(runs) == 12 and {r[1] for r in runs} == {"HalfCheetah-v4", "Hopper-v4"} and {r[2] for r in runs} == {1, 2}
+    )
+
+
 def test_slurm_writes_one_array_task_per_command(tmp_path):
     proc = subprocess.run(["bash", RUNS, "--slurm"], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert f"sbatch {tmp_path / 'runs_slurm.sbatch'}" in proc.stdout
@@ -146,3 +169,21 @@ def test_evaluate_saved_model_and_curve_figure(tmp_path):
                          capture_output=True, text=True)  # fmt: skip
     assert fig.returncode == 0, fig.stderr[-2000:]
     assert os.path.getsize(out) > 10_000
+
+
+def test_sac_baseline_writes_the_scripts_tags(tmp_path):
+    """Stable-Baselines3's SAC with the scripts' env, warm-up and evaluation, logging the scripts' TensorBoard tags."""
+    pytest.importorskip("stable_baselines3")
+    runs = str(tmp_path / "runs")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sac_baseline.py"), "--env-id", "Pendulum-v1",
+                           "--total-timesteps", "400", "--learning-starts", "200", "--batch-size", "32",
+                           "--eval-frequency", "200", "--eval-episodes", "2", "--run-dir", runs],
+                          capture_output=True, text=True, timeout=600, env=script_env())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scalars = read_scalars(runs)
+    assert [s for s, _ in scalars["eval/episodic_return"]] == [200, 400]
+    assert [s for s, _ in scalars["charts/episodic_return"]] == [200, 400]  # Pendulum's episodes are 200 steps
+    assert all(-2000 < v <= 0 for _, v in scalars["eval/episodic_return"])
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sac_baseline.py"), "--batch-size", "0"],
+                         capture_output=True, text=True, env=script_env())  # fmt: skip
+    assert_one_sentence_error(bad, "--batch-size must be positive")
