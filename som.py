@@ -481,6 +481,14 @@ def one_step_sample(actor: MeanFlowActor, obs: torch.Tensor, num_candidates: int
     return (noise - actor(obs, noise, 0.0 * ones, ones)).clamp(-1.0, 1.0)
 
 
+def zero_noise_action(actor: MeanFlowActor, obs: torch.Tensor) -> torch.Tensor:
+    """The one-step map from the noise's mean, a = clip(0 - u(s, 0, r=0, t=1), -1, 1): one deterministic network
+    evaluation per state, the counterpart of SAC's mean action (evaluation only). obs (B, S) -> (B, A)."""
+    zeros = torch.zeros(obs.shape[0], actor.act_dim, device=obs.device)
+    ones = torch.ones(1, 1, device=obs.device)
+    return (zeros - actor(obs, zeros, 0.0 * ones, ones)).clamp(-1.0, 1.0)
+
+
 def integrate_flow(actor: MeanFlowActor, obs: torch.Tensor, noise: torch.Tensor, num_steps: int) -> torch.Tensor:
     """The actor's flow from noise (t = 1) to an action (t = 0) in `num_steps` MeanFlow steps of equal length,
     z_r = z_t - (t - r) u(s, z_t, r, t). num_steps = 1 is one-step sampling (before the clip). obs (B, S) -> (B, A)."""
@@ -789,17 +797,21 @@ def main(argv: Optional[list[str]] = None) -> None:
                                     "charts/SPS": sps, "charts/updates": step["updates"]}, global_step)  # fmt: skip
             run.progress.update(global_step, step["updates"], last_return)
 
-            # ---- evaluate: best-of-N (the protocol) and N = 1 (the one-step actor on its own) ----
+            # ---- evaluate: best-of-N (the protocol), N = 1 (the one-step actor alone) and its zero-noise action ----
             if run.eval_due():
                 eval_seed = args.seed + 1_000_000 + global_step
                 returns_n, _ = common.evaluate(policy_for(args.num_candidates), args.env_id, args.eval_episodes,
                                                eval_seed, device)  # fmt: skip
                 returns_1, _ = common.evaluate(policy_for(1), args.env_id, args.eval_episodes, eval_seed, device)
+                returns_0, _ = common.evaluate(torch.no_grad()(lambda o: zero_noise_action(actor, o)), args.env_id,
+                                               args.eval_episodes, eval_seed, device)  # fmt: skip
                 run.logger.scalars({"eval/episodic_return": returns_n.mean(),
                                     "eval/episodic_return_std": returns_n.std(),
-                                    "eval/episodic_return_n1": returns_1.mean()}, global_step)  # fmt: skip
+                                    "eval/episodic_return_n1": returns_1.mean(),
+                                    "eval/episodic_return_zero_noise": returns_0.mean()}, global_step)  # fmt: skip
                 run.progress.write(f"eval at {global_step}: best-of-{args.num_candidates} {returns_n.mean():.1f} +- "
-                                   f"{returns_n.std():.1f}, N=1 {returns_1.mean():.1f}")  # fmt: skip
+                                   f"{returns_n.std():.1f}, N=1 {returns_1.mean():.1f}, "
+                                   f"zero noise {returns_0.mean():.1f}")  # fmt: skip
 
             # ---- checkpoint: periodically, and on SIGINT / SIGTERM (then stop) ----
             if run.checkpoint_and_stop():

@@ -116,6 +116,8 @@ def main() -> None:
     ms_mm = timed(lambda: torch.matmul(x.view(1, -1, h), wmat), reps)
     matmul_gflops = 2 * 2 * K * B * h * h / ms_mm / 1e6
     table = Table(matmul_gflops)
+    actor_sizes = [A + 32, h, h, h, A]  # the state's share is computed once per state, not per candidate
+    critic_sizes = [A, h, h, h, 1]
 
     # ---------------------------------------------------------------------------------------------------- SOM
     if cli.only != "nc_lql":
@@ -125,8 +127,6 @@ def main() -> None:
         actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-4)
         critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-4)
         batch = (torch.randn(B, S), torch.rand(B, A) * 2 - 1, torch.randn(B), torch.randn(B, S), torch.zeros(B))
-        actor_sizes = [A + 32, h, h, h, A]  # the state's share is computed once per state, not per candidate
-        critic_sizes = [A, h, h, h, 1]
         one_obs = torch.randn(1, S)
         for n in (1, N):
             with torch.no_grad():

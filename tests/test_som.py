@@ -240,6 +240,17 @@ def test_one_step_sampling_shapes_bounds_and_best_of_n():
     assert chosen.shape == (5, 2)
 
 
+def test_zero_noise_action_is_the_one_step_map_at_the_noise_mean():
+    """u(s, 0, 0, 1) of the decay field with a constant error 0.1 is 0.1 (the decay term vanishes at a = 0), so the
+    zero-noise action is -0.1 in every coordinate; and it is one network evaluation, deterministic."""
+    obs = torch.randn(5, 3)
+    torch.testing.assert_close(som.zero_noise_action(_ExactDecayMeanFlow(error=0.1), obs), torch.full((5, 2), -0.1))
+    torch.testing.assert_close(som.zero_noise_action(_ExactDecayMeanFlow(error=-3.0), obs), torch.ones(5, 2))  # clip
+    actor = som.MeanFlowActor(3, 2, 32, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(som.zero_noise_action(actor, obs), som.zero_noise_action(actor, obs))
+
+
 def test_flow_step_candidates_follow_the_exact_flow_like_one_step_ones():
     """For the exact decay field (z_0 = e z_1 from noise z_1) one MeanFlow step and eight land on the same point, so
     sample_actions with flow_steps=8 must return the one-step choice: clip(e * noise) from the same noise draws."""
@@ -357,8 +368,9 @@ def test_smoke_run_reaches_updates_logs_and_saves(env_id, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     scalars = read_scalars(str(tmp_path / "runs"))
     for tag in ("charts/episodic_return", "charts/SPS", "charts/action_bound_fraction", "eval/episodic_return",
-                "eval/episodic_return_n1", "losses/critic_loss", "losses/actor_loss", "losses/softmax_ess",
-                "losses/target_norm", "losses/score_norm", "losses/du_dt_norm", "losses/q_values"):  # fmt: skip
+                "eval/episodic_return_n1", "eval/episodic_return_zero_noise", "losses/critic_loss", "losses/actor_loss",
+                "losses/softmax_ess", "losses/target_norm", "losses/score_norm", "losses/du_dt_norm",
+                "losses/q_values"):  # fmt: skip
         assert tag in scalars, tag
     assert scalars["charts/updates"][-1][1] == (240 - 120) // 2 + 1  # an update on every vector step from 120 on
     (model,) = list((tmp_path / "runs").glob("*/som.pt"))
@@ -418,10 +430,11 @@ FIRST_DEFAULT_FIT = {"actor_points": "replay", "distill_rows": 0}  # noised repl
 )  # fmt: skip
 def test_one_step_actor_reaches_its_target_on_a_fixed_analytic_critic(fit):
     """The actor alone, with the exact bandit reward as a fixed critic, sampled ONCE per action after 6,000 compiled
-    updates (batch 128, K = 32, lr 2e-3): the default's one-step reward must reach 0.45, most of the way to the exact
-    PF-ODE from the same score estimate (0.79). Measured, seeds 0/1/2: 0.562/0.711/0.695 with the default's actor fit;
-    0.227/0.157/0.165 with the first default's (replay points, no distillation), which must fail here (xfail strict:
-    the suite goes red if it ever passes, i.e. if this test stops telling the two apart). Uniform random: 0.056."""
+    updates (batch 128, K = 32, lr 2e-3, seed 0): the default's one-step reward must reach 0.45, most of the way to
+    the exact PF-ODE from the same score estimate (0.79), and replay points without distillation must not (xfail
+    strict: the suite goes red if it ever passes, i.e. if this test stops telling the two apart). Measured with
+    scripts/bandit_actor_probe.py, seeds 0 / 1 / 2: 0.742 / 0.347 / 0.708 with the default's actor fit, 0.394 / 0.248
+    / 0.438 without it: the two are apart at seed 0 and seed 2, not at every seed. Uniform random: 0.056."""
     from scripts.bandit_actor_probe import bandit_reward, train_actor
 
     torch.set_num_threads(1)
