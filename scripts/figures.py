@@ -7,7 +7,7 @@
         MultimodalBandit-v0's reward landscape with 500 actions from SOM (N = 1 and N = 32) and NC-LQL
     python scripts/figures.py release RUN_DIR [RUN_DIR ...] --out docs/release.png
         Hopper-v4 eval returns against post-warm-up steps (steps - 30,000), beside the authors' NC-LQL release run
-        on this machine type (its 40 evaluation means, ../shared/reference_numbers.md); longer runs are cut at the
+        on this machine type (its 40 evaluation means, RELEASE_HOPPER below); longer runs are cut at the
         release's 60,000 post-warm-up steps (`curves` draws them whole)
 
     python scripts/figures.py summary RUN_DIR [RUN_DIR ...] [--episodes 300]
@@ -100,7 +100,7 @@ def save(fig, out: str) -> None:
 
 
 # The authors' NC-LQL release, Hopper-v4, its defaults, seed 100: evaluation means (20 episodes) every 1,500
-# post-warm-up env steps, measured on this project's machine type (../shared/reference_numbers.md).
+# post-warm-up env steps, the release's code run on this project's machine type.
 RELEASE_HOPPER = [38.9, 43.3, 43.0, 71.9, 149.7, 96.0, 186.2, 180.9, 203.8, 271.0, 219.4, 310.2, 341.2, 283.8, 349.7,
                   401.9, 362.6, 309.3, 387.5, 305.7, 292.6, 289.0, 317.4, 328.1, 380.6, 285.4, 304.9, 324.2, 294.0,
                   323.4, 313.5, 320.7, 323.2, 310.8, 368.5, 316.5, 372.1, 393.0, 398.6, 324.3]  # fmt: skip
