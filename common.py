@@ -1,18 +1,14 @@
-"""Plumbing shared by som.py and nc_lql.py: environments, logging, evaluation, seeding, checkpoints, validation.
+"""Plumbing shared by som.py and nc_lql.py: run flags and their checks, environments, evaluation, videos, logging,
+progress, checkpoints and resume. Nothing algorithmic lives here (no network, loss, sampler or update rule): copy
+this file next to one of the scripts to use that script in another codebase.
 
-Nothing algorithmic lives here (no losses, no samplers, no update rules). Copy this file next to one of the scripts
-to use that script in another codebase.
-
-Importing this module registers `MultimodalBandit-v0`, a one-step continuous bandit with two separated reward modes
-of different heights, the cheapest place to watch a generative policy put its mass on high-value actions.
+Importing it registers `MultimodalBandit-v0`, a one-step bandit with two reward modes of different heights.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
-import importlib
 import math
 import os
 import random
@@ -29,14 +25,48 @@ import numpy as np
 import torch
 import torch.nn as nn
 from gymnasium.vector import AutoresetMode
+from tqdm import tqdm
 
-# --------------------------------------------------------------------------------------------------------------------
-# Errors: one clear sentence and a non-zero exit, never a deep traceback.
-# --------------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RunArgs:
+    """The flags of a run that are not the algorithm's; each script's Args extends this."""
+
+    exp_name: str = "run"
+    """the name of this experiment (part of the run directory's name)"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, torch, envs)"""
+    torch_deterministic: bool = True
+    """set `torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """train on the GPU when there is one, else on the CPU (the first lines of a run say which); --no-cuda: the CPU"""
+    compile: bool = False
+    """torch.compile the hot paths: the same math, several times faster after tens of seconds of compiling per graph"""
+    track: bool = False
+    """mirror the TensorBoard logs to Weights and Biases"""
+    wandb_project_name: str = "run"
+    """the wandb project name"""
+    wandb_entity: Optional[str] = None
+    """the wandb entity (team)"""
+    capture_video: bool = False
+    """record videos of the first training env to runs/{run_name}/videos"""
+    save_model: bool = False
+    """save the networks to runs/{run_name}/{exp_name}.pt at the end"""
+    run_dir: str = "runs"
+    """parent folder of the run directories"""
+    checkpoint_frequency: int = 250_000
+    """write runs/{run_name}/checkpoint.pt every this many environment transitions (and on SIGINT/SIGTERM)"""
+    checkpoint_buffer: bool = False
+    """include the replay buffer in checkpoints (up to GBs); without it a resumed run refills it from scratch"""
+    resume: Optional[str] = None
+    """continue the run saved in this checkpoint, with its arguments (docs/usage.md: what may change)"""
+
+
+# ---------------------------------------------------------------- bad input: one sentence, exit status 2
 
 
 class UserInputError(SystemExit):
-    """Bad input from the user. Exits with status 2 and prints `error: <message>` to stderr."""
+    """Bad input from the user: prints `error: <message>` to stderr and exits with status 2."""
 
     def __init__(self, message: str):
         print(f"error: {message}", file=sys.stderr)
@@ -44,102 +74,77 @@ class UserInputError(SystemExit):
 
 
 def require(condition: bool, message: str) -> None:
-    """Stop with `message` (one sentence) and exit status 2 when `condition` is false."""
     if not condition:
         raise UserInputError(message)
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-_INTERVAL = re.compile(r"([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])")
-
-
-def check_ranges(args, **intervals: str) -> None:
-    """Each named field of the args dataclass must lie in its interval, written as in maths: "[0, 1]", "(0, 1]",
-    "(0, inf)", "[2, inf)". NaN lies in none, and inf is refused too (every flag is a finite number).
-    The message is one sentence: `--tau must be in (0, 1], got 0.0.`, `--critic-lr must be positive, got 0.0.`"""
-    for name, interval in intervals.items():
-        match = _INTERVAL.fullmatch(interval.strip())
-        if match is None:
-            raise ValueError(f"bad interval {interval!r} for {name}")
-        lo_closed, lo_text, hi_text, hi_closed = match[1] == "[", match[2], match[3], match[4] == "]"
-        lo, hi = float(lo_text), float(hi_text)
-        value = getattr(args, name)
-        inside = (lo <= value if lo_closed else lo < value) and (value <= hi if hi_closed else value < hi)
-        if inside:
-            continue
-        if value == hi == math.inf:
-            what = "a finite number"
-        elif hi == math.inf and lo == 0.0 and not lo_closed:
-            what = "positive"
-        elif hi == math.inf:
-            what = f"at least {lo_text}" if lo_closed else f"greater than {lo_text}"
-        else:
-            what = f"in {interval.strip()}"
-        raise UserInputError(f"{_flag(name)} must be {what}, got {value}.")
+def require_flag(args, name: str, valid: bool, what: str) -> None:
+    """`--tau must be in (0, 1], got 0.0.` unless `valid`; every numeric flag must also be finite."""
+    value = getattr(args, name)
+    infinite = math.isinf(value)
+    require(valid and not infinite, f"{flag(name)} must be {'a finite number' if infinite else what}, got {value}.")
 
 
 def check_positive(args, names: list[str]) -> None:
-    """Every field in `names` of the args dataclass must be a positive (finite) number."""
-    check_ranges(args, **{name: "(0, inf)" for name in names})
+    for name in names:
+        require_flag(args, name, getattr(args, name) > 0, "positive")
 
 
-# gymnasium warns that an older id (Hopper-v4) "is out of date", once per gym.make and in colour.
-_OUT_OF_DATE = re.compile(r".*The environment \S+ is out of date")
+def validate_run(args) -> None:
+    """The checks both scripts share: the run and protocol flags, then the env id."""
+    check_positive(args, ["total_timesteps", "num_envs", "learning_starts", "buffer_size", "batch_size", "critic_lr",
+                          "reward_scale", "hidden_dim", "num_hidden", "eval_frequency", "eval_episodes",
+                          "log_frequency", "checkpoint_frequency"])  # fmt: skip
+    require_flag(args, "seed", 0 <= args.seed < 2**32, "in [0, 4294967295]")
+    require_flag(args, "gamma", 0 <= args.gamma <= 1, "in [0, 1]")
+    require_flag(args, "tau", 0 < args.tau <= 1, "in (0, 1]")
+    require(args.batch_size <= args.learning_starts, f"--batch-size ({args.batch_size}) must not exceed "
+            f"--learning-starts ({args.learning_starts}).")  # fmt: skip
+    require(args.buffer_size >= args.num_envs,
+            f"--buffer-size ({args.buffer_size}) must be at least --num-envs ({args.num_envs}).")  # fmt: skip
+    validate_env_id(args.env_id)
+
+
+OUT_OF_DATE = ".*The environment \\S+ is out of date"  # gymnasium's warning for an older id such as Hopper-v4
 
 
 def validate_env_id(env_id: str) -> None:
-    """The env id must be registered and have a bounded continuous (Box) action space.
-
-    gymnasium's "out of date" warning for an older version (the papers' MuJoCo -v4 ids) becomes one plain note,
-    printed here once; the warning is then silenced for the rest of the process."""
-    name = env_id
-    if ":" in env_id:  # "module:Env-v0": the module registers Env-v0 when imported
-        module, name = env_id.split(":", 1)
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise UserInputError(f"could not import module {module!r} of environment {env_id!r} ({exc}).") from None
+    """The env id must be registered and have bounded Box actions. gymnasium's "out of date" warning for the papers'
+    MuJoCo -v4 ids becomes one plain note, then is silenced for the rest of the process."""
     try:
-        gym.spec(name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            env = gym.make(env_id)
+    except ImportError:  # "module:Env-v0" whose module does not import
+        raise UserInputError(f"could not import module {env_id.split(':')[0]!r} of environment {env_id!r}.") from None
     except gym.error.Error as exc:  # gymnasium's own hint: "Did you mean: `Hopper`?", or the versions it has
         raise UserInputError(f"unknown environment id {env_id!r} ({str(exc).rstrip('.')}).") from None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        env = gym.make(env_id)
     space = env.action_space
     env.close()
     for warning in caught:
-        if _OUT_OF_DATE.match(str(warning.message)):  # once here, then silenced for the rest of the run
-            newer = re.search(r"version `(v\d+)`", str(warning.message))
-            print(f"note: {env_id} is not the newest version of this environment (gymnasium suggests "
-                  f"{newer[1] if newer else 'a newer one'}); the papers' protocol uses the MuJoCo -v4 ids on purpose.",
-                  flush=True)  # fmt: skip
-            warnings.filterwarnings("ignore", message=_OUT_OF_DATE.pattern)
+        if re.match(OUT_OF_DATE, str(warning.message)):
+            print(f"note: {env_id} is not the newest version of this environment; the papers' protocol uses the "
+                  "MuJoCo -v4 ids on purpose.", flush=True)  # fmt: skip
+            warnings.filterwarnings("ignore", message=OUT_OF_DATE)
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-    require(
-        isinstance(space, gym.spaces.Box),
-        f"{env_id} has a {type(space).__name__} action space; this algorithm needs continuous (Box) actions.",
-    )
-    require(
-        bool(np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))),
-        f"{env_id} has an unbounded action space; this algorithm needs finite action bounds.",
-    )
+    require(isinstance(space, gym.spaces.Box), f"{env_id} has a {type(space).__name__} action space; this "
+            "algorithm needs continuous (Box) actions.")  # fmt: skip
+    require(bool(np.isfinite(space.low).all() and np.isfinite(space.high).all()),
+            f"{env_id} has an unbounded action space; this algorithm needs finite action bounds.")  # fmt: skip
 
 
 def pick_device(cuda: bool = True) -> torch.device:
-    """The GPU when `cuda` is set (the default) and one is present, else the CPU; prints `device: ...` with the
-    reason, so the first lines of a run say where it trains."""
+    """The GPU when `cuda` is set and one is present, else the CPU; prints which and why."""
     if cuda and torch.cuda.is_available():
-        device = torch.device("cuda")
-        print(f"device: cuda ({torch.cuda.get_device_name(device)})", flush=True)
-    else:
-        device = torch.device("cpu")
-        print(f"device: cpu ({'no CUDA device found' if cuda else '--no-cuda'})", flush=True)
-    return device
+        print(f"device: cuda ({torch.cuda.get_device_name()})", flush=True)
+        return torch.device("cuda")
+    print(f"device: cpu ({'no CUDA device found' if cuda else '--no-cuda'})", flush=True)
+    return torch.device("cpu")
 
 
 def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
@@ -149,29 +154,19 @@ def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
     torch.backends.cudnn.deterministic = torch_deterministic
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Environments (gymnasium 1.x)
-# --------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------- environments (gymnasium 1.x)
 
 
 class MultimodalBandit(gym.Env):
-    """One-step bandit: a constant observation, a 2-D action in [-1, 1]^2, and a reward with two Gaussian bumps.
+    """One step, a constant observation, actions in [-1, 1]^2, reward(a) = sum_m h_m exp(-|a - c_m|^2 / (2 0.15^2))
+    with modes c = (0.5, 0.5), (-0.5, -0.5) of heights h = 1.0, 0.6; a uniform action earns about 0.06."""
 
-    reward(a) = 1.0 * exp(-|a - (0.5, 0.5)|^2 / (2 0.15^2)) + 0.6 * exp(-|a - (-0.5, -0.5)|^2 / (2 0.15^2))
-    The best mode pays 1.0, the second 0.6, and a uniformly random action earns about 0.06 on average.
-    """
-
-    MODES = np.array([[0.5, 0.5], [-0.5, -0.5]], dtype=np.float64)
-    HEIGHTS = np.array([1.0, 0.6])
-    WIDTH = 0.15
-
-    def __init__(self):
-        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    MODES, HEIGHTS, WIDTH = np.array([[0.5, 0.5], [-0.5, -0.5]]), np.array([1.0, 0.6]), 0.15
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
 
     @classmethod
     def reward(cls, action: np.ndarray) -> np.ndarray:
-        """Reward of actions with shape (..., 2)."""
         sq_dist = ((np.asarray(action, dtype=np.float64)[..., None, :] - cls.MODES) ** 2).sum(-1)
         return (cls.HEIGHTS * np.exp(-sq_dist / (2 * cls.WIDTH**2))).sum(-1)
 
@@ -180,96 +175,21 @@ class MultimodalBandit(gym.Env):
         return np.zeros(1, dtype=np.float32), {}
 
     def step(self, action):
-        reward = float(self.reward(np.clip(action, -1.0, 1.0)))
-        return np.zeros(1, dtype=np.float32), reward, True, False, {}
+        return np.zeros(1, dtype=np.float32), float(self.reward(np.clip(action, -1.0, 1.0))), True, False, {}
 
 
 if "MultimodalBandit-v0" not in gym.registry:
     gym.register("MultimodalBandit-v0", entry_point=MultimodalBandit, max_episode_steps=1)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Videos: MuJoCo renders offscreen (EGL, else OSMesa) and gymnasium's RecordVideo writes .mp4 files with MoviePy
-# --------------------------------------------------------------------------------------------------------------------
-
-NO_RENDERER_HINT = (
-    "for MuJoCo without a screen install Mesa's EGL (Debian/Ubuntu: apt-get install libegl1 libegl-mesa0 "
-    "libgl1-mesa-dri) or OSMesa (apt-get install libosmesa6), or set MUJOCO_GL to a backend that works here"
-)
-
-
-def _gl_backend_works(backend: str) -> bool:
-    """Whether MuJoCo can make an offscreen OpenGL context with `backend` ("egl" or "osmesa"). Tried in a child
-    process (about 0.3 s): a failed try would leave PyOpenGL bound to that platform in this one."""
-    probe = f"from mujoco.{backend} import GLContext\nc = GLContext(16, 16)\nc.make_current()\nc.free()"
-    env = dict(os.environ, MUJOCO_GL=backend)
-    try:
-        done = subprocess.run([sys.executable, "-c", probe], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, timeout=120)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
-def pick_offscreen_gl() -> Optional[str]:
-    """Set MUJOCO_GL to an offscreen backend when it is unset and there is no screen (Linux without DISPLAY or
-    WAYLAND_DISPLAY): EGL if it works, else OSMesa. Returns MUJOCO_GL afterwards (None: unset).
-
-    gymnasium reads MUJOCO_GL when an env first renders, so calling this before making the rendering env is enough;
-    calling it before mujoco is imported also keeps mujoco's own default context (mujoco.GLContext) consistent."""
-    chosen = os.environ.get("MUJOCO_GL") or None
-    headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    if chosen is None and headless:
-        for backend in ("egl", "osmesa"):
-            if _gl_backend_works(backend):
-                os.environ["MUJOCO_GL"] = chosen = backend
-                break
-    return chosen
-
-
-def make_video_env(env_id: str, folder: str, episode_trigger: Optional[Callable[[int], bool]] = None,
-                   name_prefix: str = "rl-video") -> gym.Env:  # fmt: skip
-    """`env_id` rendering rgb_array frames, wrapped in gymnasium's RecordVideo: `folder`/`name_prefix`-episode-K.mp4
-    for each episode K that `episode_trigger` picks (default: gymnasium's 0, 1, 8, 27, ..., 1000, 2000, ...); an
-    episode still running is written when the env is closed. Picks an offscreen backend first (pick_offscreen_gl),
-    then renders one frame, so a missing renderer or video writer stops here with one sentence, not mid-run."""
-    backend = pick_offscreen_gl()
-    try:
-        import moviepy  # noqa: F401  (RecordVideo's writer; it brings imageio-ffmpeg and its ffmpeg binary)
-    except ImportError:
-        raise UserInputError("videos need MoviePy (the video writer): pip install -r requirements.txt.") from None
-    env = None
-    try:
-        with warnings.catch_warnings():  # an env without that render mode: our one sentence, not gymnasium's warning
-            warnings.filterwarnings("ignore", message=".*is being initialised with render_mode")
-            env = gym.make(env_id, render_mode="rgb_array")
-        env.reset()
-        frame = env.render()
-        require(isinstance(frame, np.ndarray), f"{env_id} rendered {type(frame).__name__}, not an image.")
-    except Exception as exc:  # noqa: BLE001 - any renderer failure gets the same one sentence
-        mujoco = env is not None and "mujoco" in type(env.unwrapped).__module__
-        if env is not None:
-            with contextlib.suppress(Exception):
-                env.close()
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        hint = f"; MUJOCO_GL={backend or '(unset)'}: {NO_RENDERER_HINT}" if mujoco else ""
-        raise UserInputError(f"could not render {env_id} ({type(exc).__name__}: {reason}){hint}.") from None
-    return gym.wrappers.RecordVideo(env, folder, episode_trigger=episode_trigger, name_prefix=name_prefix,
-                                    disable_logger=True)  # fmt: skip
-
-
 def make_env(env_id: str, seed: int, capture_video_dir: Optional[str] = None) -> Callable[[], gym.Env]:
-    """A thunk for the vector env: actions rescaled to [-1, 1], episode returns recorded (raw, unscaled).
-    With `capture_video_dir`, episodes 0, 1, 8, 27, ... of this env are written there (see make_video_env)."""
+    """A thunk for the vector env: raw episode returns recorded, actions rescaled to [-1, 1]; with
+    `capture_video_dir`, gymnasium's episodes 0, 1, 8, 27, ... are written there (make_video_env)."""
 
     def thunk():
-        if capture_video_dir is not None:
-            env = make_video_env(env_id, capture_video_dir)
-        else:
-            env = gym.make(env_id)
+        env = make_video_env(env_id, capture_video_dir) if capture_video_dir else gym.make(env_id)
         env = gym.wrappers.RecordEpisodeStatistics(env)
-        unit = np.ones(env.action_space.shape, dtype=np.float32)
-        env = gym.wrappers.RescaleAction(env, -unit, unit)
+        env = gym.wrappers.RescaleAction(env, -np.ones(env.action_space.shape), np.ones(env.action_space.shape))
         env.action_space.seed(seed)
         return env
 
@@ -277,11 +197,8 @@ def make_env(env_id: str, seed: int, capture_video_dir: Optional[str] = None) ->
 
 
 def make_vector_env(env_id: str, num_envs: int, seed: int, capture_video_dir: Optional[str] = None):
-    """`num_envs` copies in a SyncVectorEnv with same-step autoreset.
-
-    With AutoresetMode.SAME_STEP the observation returned on the step an episode ends is already the reset one and
-    the true last observation is in infos["final_obs"]: every step is a real transition, nothing to skip.
-    """
+    """`num_envs` copies in a SyncVectorEnv with same-step autoreset: the observation returned when an episode ends
+    is already the reset one, the true last one is in infos["final_obs"], and every step is a real transition."""
     thunks = [make_env(env_id, seed + i, capture_video_dir if i == 0 else None) for i in range(num_envs)]
     envs = gym.vector.SyncVectorEnv(thunks, autoreset_mode=AutoresetMode.SAME_STEP)
     envs.action_space.seed(seed)
@@ -289,35 +206,29 @@ def make_vector_env(env_id: str, num_envs: int, seed: int, capture_video_dir: Op
 
 
 def real_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:
-    """The observation each sub-env really reached: the final one where an episode just ended (see make_vector_env)."""
-    if "_final_obs" not in infos:
-        return next_obs
+    """The observation each sub-env really reached: the final one where an episode just ended."""
     real = next_obs.copy()
-    for i in np.flatnonzero(infos["_final_obs"]):
+    for i in np.flatnonzero(infos.get("_final_obs", [])):
         real[i] = infos["final_obs"][i]
     return real
 
 
 def finished_episodes(infos: dict) -> list[tuple[float, int]]:
     """(return, length) of every episode that ended on this step."""
-    if "final_info" not in infos or "episode" not in infos["final_info"]:
+    episode = infos.get("final_info", {}).get("episode")
+    if episode is None:
         return []
-    episode = infos["final_info"]["episode"]
     return [(float(episode["r"][i]), int(episode["l"][i])) for i in np.flatnonzero(episode["_r"])]
 
 
 def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, num_episodes: int, seed: int, device):
-    """Run `num_episodes` episodes as one batch (one env each, one policy call per step); return their returns.
-
-    `policy` maps a (num_episodes, obs_dim) float tensor to actions in [-1, 1]. Each sub-env plays exactly one
-    episode; finished ones keep being stepped (their results ignored) until all are done.
-    """
-    with warnings.catch_warnings():  # a -v4 id: no "out of date" warning (see validate_env_id)
-        warnings.filterwarnings("ignore", message=_OUT_OF_DATE.pattern)
+    """`num_episodes` episodes as one batch, one policy call per step (policy: (E, obs_dim) tensor -> actions in
+    [-1, 1]); each sub-env plays exactly one episode. Returns (returns, lengths)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=OUT_OF_DATE)
         envs = gym.vector.SyncVectorEnv([make_env(env_id, seed + i) for i in range(num_episodes)])
     obs, _ = envs.reset(seed=seed)
-    returns = np.zeros(num_episodes)
-    lengths = np.zeros(num_episodes, dtype=np.int64)
+    returns, lengths = np.zeros(num_episodes), np.zeros(num_episodes, dtype=np.int64)
     done = np.zeros(num_episodes, dtype=bool)
     while not done.all():
         with torch.no_grad():
@@ -330,19 +241,71 @@ def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, num_ep
     return returns, lengths
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# The activation of both scripts' networks, and the --compile plumbing
-# --------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------- videos: offscreen MuJoCo (EGL, else OSMesa)
+
+NO_RENDERER_HINT = (
+    "for MuJoCo without a screen install Mesa's EGL (Debian/Ubuntu: apt-get install libegl1 libegl-mesa0 "
+    "libgl1-mesa-dri) or OSMesa (apt-get install libosmesa6), or set MUJOCO_GL to a backend that works here"
+)
+
+
+def _gl_backend_works(backend: str) -> bool:
+    """Whether MuJoCo can open an offscreen context with `backend`, tried in a child process: a failed try would
+    leave PyOpenGL bound to that platform in this one."""
+    probe = f"from mujoco.{backend} import GLContext\nc = GLContext(16, 16)\nc.make_current()\nc.free()"
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        return subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, MUJOCO_GL=backend), timeout=120,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0  # fmt: skip
+    return False
+
+
+def pick_offscreen_gl() -> Optional[str]:
+    """On Linux without a screen and with MUJOCO_GL unset, set it to EGL if that works, else OSMesa (gymnasium reads
+    it when an env first renders). Returns MUJOCO_GL afterwards (None: unset)."""
+    headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if not os.environ.get("MUJOCO_GL") and headless:
+        for backend in ("egl", "osmesa"):
+            if _gl_backend_works(backend):
+                os.environ["MUJOCO_GL"] = backend
+                break
+    return os.environ.get("MUJOCO_GL") or None
+
+
+def make_video_env(env_id: str, folder: str, episode_trigger: Optional[Callable[[int], bool]] = None,
+                   name_prefix: str = "rl-video") -> gym.Env:  # fmt: skip
+    """`env_id` in gymnasium's RecordVideo (folder/name_prefix-episode-K.mp4, episodes picked by `episode_trigger`).
+    One frame is rendered here, so a missing renderer or video writer stops with one sentence, not mid-run."""
+    backend = pick_offscreen_gl()
+    try:
+        import moviepy  # noqa: F401  (RecordVideo's writer)
+    except ImportError:
+        raise UserInputError("videos need MoviePy (the video writer): pip install -r requirements.txt.") from None
+    env = None
+    try:
+        with warnings.catch_warnings():  # an env without that render mode: our one sentence, not gymnasium's warning
+            warnings.filterwarnings("ignore", message=".*is being initialised with render_mode")
+            env = gym.make(env_id, render_mode="rgb_array")
+        env.reset()
+        frame = env.render()
+        require(isinstance(frame, np.ndarray), f"{env_id} rendered {type(frame).__name__}, not an image.")
+    except Exception as exc:  # noqa: BLE001 - any renderer failure gets the same one sentence
+        mujoco = env is not None and "mujoco" in type(env.unwrapped).__module__
+        with contextlib.suppress(Exception):
+            env.close()
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        hint = f"; MUJOCO_GL={backend or '(unset)'}: {NO_RENDERER_HINT}" if mujoco else ""
+        raise UserInputError(f"could not render {env_id} ({type(exc).__name__}: {reason}){hint}.") from None
+    return gym.wrappers.RecordVideo(env, folder, episode_trigger, name_prefix=name_prefix, disable_logger=True)
+
+
+# ---------------------------------------------------------------- the scripts' activation, --compile, Polyak
 
 
 def mish(x: torch.Tensor) -> torch.Tensor:
-    """Mish(x) = x tanh(softplus(x)), the activation of the authors' NC-LQL release.
-
-    Eager: torch's own kernel. Under torch.compile the same function is written with a single exp,
-    tanh(softplus(x)) = n (n + 2) / (n (n + 2) + 2) with n = e^x (x clamped at 20, where the ratio is 1 in float32),
-    which inductor fuses into the neighbouring kernels; torch's Mish lowering computes exp, log1p and tanh separately
-    and was 1.7x slower on this CPU (README, Speed). The two agree to 2e-6 (tests/test_compile.py).
-    """
+    """Mish(x) = x tanh(softplus(x)), the activation of the authors' NC-LQL release. Eager: torch's kernel. Compiled:
+    tanh(softplus(x)) = n (n + 2) / (n (n + 2) + 2), n = e^x (x clamped at 20, where the ratio is 1 in float32), one
+    exp that inductor fuses into its neighbours; torch's lowering was 1.7x slower here (docs/speed.md). They agree to
+    2e-6 (tests/test_compile.py)."""
     if torch.compiler.is_compiling():
         n = torch.exp(x.clamp(max=20.0))
         p = n * (n + 2.0)
@@ -351,55 +314,37 @@ def mish(x: torch.Tensor) -> torch.Tensor:
 
 
 def compile_hot(fn: Callable, device: torch.device) -> Callable:
-    """The `--compile` path, LeanRL-style: torch.compile on one hot function (a sampler, a TD target, a loss with its
-    backward), which computes the same math as the eager function it wraps (tests/test_compile.py).
-
-    dynamic=False: one graph per input shape (acting, evaluation and the update batch each compile once; see the
-    README for the count and the compile time). realize_opcount_threshold=8: inductor otherwise inlines Mish's
-    derivative into the matrix-vector reductions of a one-row input-gradient and recomputes it 256 times (measured:
-    2.9 -> 1.9 ms per one-observation NC-LQL action). On CUDA the graphs are also captured as CUDA graphs; on the
-    CPU the generated wrapper that calls the kernels is C++ instead of Python (cpp_wrapper).
-    """
+    """torch.compile on one hot function (LeanRL's pattern), one graph per input shape (dynamic=False).
+    realize_opcount_threshold=8: otherwise inductor inlines Mish's derivative into the reductions of a one-row input
+    gradient and recomputes it 256 times (2.9 -> 1.9 ms per NC-LQL action). CUDA: CUDA graphs; CPU: a C++ wrapper
+    calls the kernels (1.9 -> 1.3 ms per NC-LQL action on one thread)."""
     options = {"realize_opcount_threshold": 8}
-    if device.type == "cuda":
-        options["triton.cudagraphs"] = True
-    else:  # C++ calls the kernels, not Python: 1.9 -> 1.3 ms per one-observation NC-LQL action on one thread
-        options["cpp_wrapper"] = True
+    options["triton.cudagraphs" if device.type == "cuda" else "cpp_wrapper"] = True
     return torch.compile(fn, dynamic=False, options=options)
-
-
-def compiled_graph_count() -> int:
-    """How many graphs torch.compile built in this process (each hot function once per input shape)."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
 
 
 @torch.no_grad()
 def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """target <- (1 - tau) target + tau online, as one fused foreach call."""
+    """target <- (1 - tau) target + tau online, one fused foreach call."""
     torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Logging
-# --------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------- logging and progress
 
 
 class Logger:
-    """TensorBoard events under runs/{run_name}/, plus wandb when `track` is set (it mirrors the TensorBoard file)."""
+    """TensorBoard events under the run directory, mirrored to wandb with `track`. `resume_step`: continue a run's
+    event file, dropping what was logged after its checkpoint."""
 
     def __init__(self, run_dir: str, args, track: bool = False, project: str = "", entity: Optional[str] = None,
                  resume_step: Optional[int] = None):  # fmt: skip
-        """`resume_step`: continue a run's event file, dropping anything logged after that step."""
         from torch.utils.tensorboard import SummaryWriter
 
         created = not os.path.isdir(run_dir)
         try:
             os.makedirs(run_dir, exist_ok=True)
-            probe = os.path.join(run_dir, ".write_test")
-            open(probe, "w").close()
-            os.remove(probe)
+            open(os.path.join(run_dir, ".write_test"), "w").close()
+            os.remove(os.path.join(run_dir, ".write_test"))
         except OSError as exc:
             raise UserInputError(f"cannot write the run directory {run_dir!r} ({exc.strerror}).") from None
         if track:
@@ -410,21 +355,16 @@ class Logger:
                     with contextlib.suppress(OSError):
                         os.rmdir(run_dir)
                 raise
-        self.run_dir = run_dir
-        self.last_values: dict = {}  # the last value logged under each tag, for error messages
-        # the checkpoint was written after everything logged at its step: keep those, drop what came later
-        purge_step = None if resume_step is None else resume_step + 1
-        self.writer = SummaryWriter(run_dir, purge_step=purge_step)
+        self.last_values: dict = {}  # the last finite value of each tag, for the NaN message
+        self.writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
         table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
     def scalars(self, values: dict, step: int) -> dict:
-        """Log a dict of floats or 0-d tensors; tensors are moved to the host in ONE transfer. Returns the floats."""
-        keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
-        floats = dict(values)
+        """Log floats or 0-d tensors (moved to the host in ONE transfer); returns the floats."""
+        floats, keys = dict(values), [k for k, v in values.items() if isinstance(v, torch.Tensor)]
         if keys:
-            host = torch.stack([values[k].detach().float().reshape(()) for k in keys]).tolist()
-            floats.update(zip(keys, host))
+            floats.update(zip(keys, torch.stack([values[k].detach().float().reshape(()) for k in keys]).tolist()))
         for key, value in floats.items():
             self.writer.add_scalar(key, value, step)
             if math.isfinite(value):
@@ -438,267 +378,120 @@ class Logger:
 
 
 def start_wandb(run_dir: str, args, project: str, entity: Optional[str], resuming: bool) -> None:
-    """wandb.init mirroring the TensorBoard files. Any failure (no wandb, no login, no network) is one sentence that
-    says how to log offline: WANDB_MODE=offline writes the run under ./wandb/, `wandb sync` uploads it later."""
-    offline = "log offline with WANDB_MODE=offline (upload later with `wandb sync wandb/offline-run-*`)"
+    """wandb.init mirroring the TensorBoard files; any failure is one sentence that says how to log offline."""
     try:
         import wandb
     except ImportError:
         raise UserInputError("--track needs the wandb package: pip install -r requirements.txt.") from None
     try:
-        wandb.init(
-            project=project,
-            entity=entity,
-            sync_tensorboard=True,
-            config=vars(args),
-            name=os.path.basename(run_dir),
-            save_code=True,
-            resume="allow" if resuming else None,
-        )
+        wandb.init(project=project, entity=entity, sync_tensorboard=True, config=vars(args), save_code=True,
+                   name=os.path.basename(run_dir), resume="allow" if resuming else None)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - wandb raises many kinds (UsageError, CommError, timeouts)
         reason = re.split(r"(?<=\.)\s", " ".join(str(exc).split("\n")[0].split()))[0] or type(exc).__name__
         with contextlib.suppress(Exception):
             wandb.finish(exit_code=1, quiet=True)
         raise UserInputError(f"--track could not start Weights and Biases ({reason.rstrip('.')}): run `wandb login`, "
-                             f"or {offline}.") from None  # fmt: skip
+                             "or log offline with WANDB_MODE=offline (upload later with `wandb sync "
+                             "wandb/offline-run-*`).") from None  # fmt: skip
 
 
-def run_name_for(env_id: str, exp_name: str, seed: int) -> str:
-    return f"{env_id.replace(':', '_').replace('/', '_')}__{exp_name}__{seed}__{int(time.time())}"
+class _Lines:
+    """A stream for tqdm off a terminal (a log file, Slurm's output): each redraw becomes one plain line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            print(text.replace("\r", "").strip(), file=self.stream, flush=True)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 class Progress:
-    """The console progress of a run, in two phases: the warm-up (uniform random actions, steps < learning_starts)
-    and training, each with its own rate and ETA.
+    """tqdm's bar for each phase of a run, the uniform warm-up and then training, so that each has its own rate
+    (tqdm's exponentially smoothed rate, the steps before a --resume not counted) and ETA. On a terminal it redraws twice a
+    second; elsewhere it prints one plain line a minute."""
 
-    On a terminal it is a tqdm bar per phase, redrawn at most every `redraw` seconds. Anywhere else (a log file,
-    Slurm's output, a pipe) it prints one plain line every `every` seconds and one when a phase ends, never a redraw.
-    Shown: steps, steps per second over the last `window` seconds of the current phase (the fast warm-up and the
-    steps done before a --resume never count), the phase's ETA at that rate, updates done and the last return.
-    `write` prints a message without breaking the bar; `close` ends it.
-    """
-
-    def __init__(self, total_steps: int, learning_starts: int, start_step: int = 0, *, window: float = 30.0,
-                 every: float = 60.0, redraw: float = 0.5, stream=None, clock=time.monotonic):  # fmt: skip
+    def __init__(self, total_steps: int, learning_starts: int, start_step: int = 0, stream=None):
         self.total, self.learning_starts = total_steps, learning_starts
-        self.window, self.every, self.redraw = window, every, redraw
-        self.stream = stream if stream is not None else sys.stdout
+        self.stream = stream or sys.stdout
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.clock = clock
-        self.updates, self.last_return, self.bar = 0, None, None
-        self._begin_phase(start_step, clock())
+        self.bar = self._bar(start_step)
 
-    def _begin_phase(self, step: int, now: float) -> None:
-        self.step, self.now = step, now
-        self.warmup = step < self.learning_starts
-        self.phase = "warm-up" if self.warmup else "training"
-        self.phase_total = self.learning_starts if self.warmup else self.total
-        self.samples = collections.deque([(now, step)])  # (time, step) at least 0.25 s apart: the rate's window
-        self.phase_start, self.last_output = (now, step), now
-        if self.tty:
-            from tqdm import tqdm
+    def _bar(self, step: int) -> tqdm:
+        warmup = step < self.learning_starts
+        return tqdm(total=self.learning_starts if warmup else self.total, initial=step, unit=" steps", miniters=1, smoothing=0.5,
+                    desc="warm-up" if warmup else "training", file=self.stream if self.tty else _Lines(self.stream),
+                    mininterval=0.5 if self.tty else 60.0, dynamic_ncols=self.tty, ascii=not self.tty)  # fmt: skip
 
-            self.bar = tqdm(total=self.phase_total, initial=step, desc=self.phase, file=self.stream, leave=True,
-                            dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}"
-                            "{postfix}")  # fmt: skip
+    def rate(self) -> float:
+        """Steps per second in this phase (tqdm's smoothed rate; 0 before its first measurement)."""
+        return self.bar.format_dict["rate"] or 0.0
 
-    def rate(self) -> Optional[float]:
-        """Steps per second over the last `window` seconds of this phase; None during its first second."""
-        t0, s0 = self.samples[0]
-        return (self.step - s0) / (self.now - t0) if self.now - t0 >= 1.0 else None
-
-    def stats(self) -> str:
-        from tqdm import tqdm
-
-        rate = self.rate()
-        speed = "? steps/s" if rate is None else f"{rate:.1f} steps/s" if rate < 100 else f"{rate:.0f} steps/s"
-        eta = tqdm.format_interval(max(self.phase_total - self.step, 0) / rate) if rate else "?"
-        ret = "n/a" if self.last_return is None else f"{self.last_return:.1f}"
-        return f"{speed}, ETA {eta}, {self.updates} updates, last return {ret}"
-
-    def line(self) -> str:
-        pct = 100.0 * self.step / max(self.phase_total, 1)
-        return f"{self.phase} {self.step}/{self.phase_total} ({pct:.0f}%): {self.stats()}"
-
-    def update(self, step: int, updates: int = 0, last_return: Optional[float] = None) -> None:
-        now = self.clock()
-        self.updates, self.last_return = updates, last_return
-        if self.warmup and step >= self.learning_starts:
-            self._end_phase(min(step, self.learning_starts), now)
-            self._begin_phase(step, now)
-        self.step, self.now = step, now
-        if now - self.samples[-1][0] >= 0.25:
-            self.samples.append((now, step))
-            while len(self.samples) > 2 and self.samples[1][0] <= now - self.window:
-                self.samples.popleft()
-        if now - self.last_output >= (self.redraw if self.bar is not None else self.every):
-            self.last_output = now
-            self._show()
-
-    def _show(self) -> None:
-        if self.bar is not None:
-            self.bar.n = min(self.step, self.phase_total)
-            self.bar.set_postfix_str(self.stats(), refresh=False)
-            self.bar.refresh()
-        else:
-            print(self.line(), file=self.stream, flush=True)
-
-    def _end_phase(self, step: int, now: float) -> None:
-        from tqdm import tqdm
-
-        self.step, self.now = step, now
-        self._show()
-        if self.bar is not None:
+    def update(self, step: int, updates: int, last_return: Optional[float]) -> None:
+        if self.bar.desc == "warm-up" and step >= self.learning_starts:
+            self.bar.update(self.learning_starts - self.bar.n)
             self.bar.close()
-            self.bar = None
-        t0, s0 = self.phase_start
-        print(f"{self.phase}: {step - s0} steps in {tqdm.format_interval(now - t0)}", file=self.stream, flush=True)
+            self.bar = self._bar(step)
+        last = "n/a" if last_return is None else f"{last_return:.1f}"
+        self.bar.set_postfix_str(f"{updates} updates, last return {last}", refresh=False)
+        self.bar.update(step - self.bar.n)
 
     def write(self, message: str) -> None:
-        """Print a line (an evaluation result, ...) above the bar, or plainly when there is none."""
-        if self.bar is not None:
-            self.bar.write(message, file=self.stream)
-        else:
-            print(message, file=self.stream, flush=True)
+        """A line (an evaluation result) above the bar."""
+        self.bar.write(message, file=self.stream)
 
     def close(self) -> None:
-        """Show the final state and the phase's summary line; safe to call more than once."""
-        if self.phase is not None:
-            self._end_phase(self.step, self.clock())
-            self.phase = None
+        self.bar.close()
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Saved models
-# --------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------- saved models and checkpoints
 
-
-# The layout of saved models and checkpoints; files of another layout are refused in one sentence.
-FILE_FORMAT = 2
+FILE_FORMAT = 2  # the layout of saved models and checkpoints; files of another layout are refused
 
 
 def save_atomic(payload: dict, path: str) -> None:
-    """torch.save (with FILE_FORMAT) to a temporary file, then rename: a kill while writing leaves any previous file
-    intact."""
-    tmp = f"{path}.tmp"
-    torch.save({**payload, "format": FILE_FORMAT}, tmp)
-    os.replace(tmp, path)
+    """torch.save to a temporary file, then rename: a kill while writing leaves the previous file intact."""
+    torch.save({**payload, "format": FILE_FORMAT}, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
 
 
-def read_saved(path: str) -> dict:
-    """The dict in a file written by save_atomic; a missing, unreadable or foreign file is one sentence."""
+def read_saved(path: str, algorithm: Optional[str] = None, env_id: Optional[str] = None) -> dict:
+    """The dict in a file written by save_atomic, by `algorithm` (and for `env_id`) when given; anything else is
+    one sentence."""
     require(os.path.isfile(path), f"no such file: {path!r}.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - a truncated zip, a pickle of something else, a text file, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserInputError(f"{path!r} is not a saved model or checkpoint ({reason.rstrip('.')}).") from None
     require(isinstance(payload, dict) and "algorithm" in payload,
             f"{path!r} is not a saved model or checkpoint of som.py or nc_lql.py.")  # fmt: skip
     version = payload.get("format", 1)
-    older = f"{path!r} has file format {version}, written by an older version of this code with other network layouts"
-    require(version == FILE_FORMAT, f"{older}; this version reads format {FILE_FORMAT}.")
-    return payload
-
-
-def load_checked(path: str, algorithm: str, env_id: Optional[str] = None) -> dict:
-    """Load a file written by save_atomic and check it was made by `algorithm` (and for `env_id` when given)."""
-    payload = read_saved(path)
-    written_by = payload.get("algorithm")
-    require(written_by == algorithm, f"{path!r} was written by {written_by or 'something else'}, not by {algorithm}.")
-    if env_id is not None:
-        saved_env = payload["args"]["env_id"]
-        require(saved_env == env_id, f"{path!r} was trained on {saved_env}, not {env_id}.")
+    require(version == FILE_FORMAT, f"{path!r} has file format {version}, written by an older version of this code "
+            f"with other network layouts; this version reads format {FILE_FORMAT}.")  # fmt: skip
+    written_by = payload["algorithm"]
+    require(algorithm in (None, written_by), f"{path!r} was written by {written_by}, not by {algorithm}.")
+    saved_env = payload["args"]["env_id"]
+    require(env_id in (None, saved_env), f"{path!r} was trained on {saved_env}, not {env_id}.")
     return payload
 
 
 def load_model(path: str, algorithm: str) -> dict:
-    """A model saved with --save-model, or a run's checkpoint.pt, as one dict: the networks' state dicts by name
-    ("actor", "critic"), "args", "obs_dim" and "act_dim" (a checkpoint keeps its networks under "modules" and has no
-    sizes: they come from its env)."""
-    payload = load_checked(path, algorithm)
+    """A model saved with --save-model, or a checkpoint.pt, as one dict: the networks' state dicts by name, "args",
+    "obs_dim" and "act_dim" (a checkpoint has no sizes: they come from its env)."""
+    payload = read_saved(path, algorithm)
     if "modules" not in payload:
         return payload
     env = make_env(payload["args"]["env_id"], 0)()
-    sizes = {"obs_dim": env.observation_space.shape[0], "act_dim": env.action_space.shape[0]}
     env.close()
-    return {**payload, **payload["modules"], **sizes}
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Long runs: checkpoints, resume, signals, non-finite guard
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or an action became NaN or inf; `name` says which."""
-
-    def __init__(self, name: str):
-        super().__init__(name)
-        self.name = name
-
-
-def check_finite(name: str, value) -> None:
-    """Raise NonFiniteError(name) if a tensor or array holds NaN/inf. Called on each loss BEFORE its optimiser step
-    (so the networks in memory are still the last good ones) and on each batch of actions. One host sync per
-    call; acting already syncs once per env step, so on a GPU this costs little."""
-    finite = bool(torch.isfinite(value).all()) if isinstance(value, torch.Tensor) else bool(np.isfinite(value).all())
-    if not finite:
-        raise NonFiniteError(name)
-
-
-class StopSignal:
-    """SIGINT (Ctrl-C) and SIGTERM (Slurm pre-emption, kill) only set `self.name`; the training loop finishes its
-    current step, writes a checkpoint, closes the loggers and exits 0."""
-
-    def __init__(self):
-        self.name: Optional[str] = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.name = signal.Signals(signum).name
-
-
-def _rng_state(envs) -> dict:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "action_space": envs.action_space.np_random.bit_generator.state,
-    }
-
-
-def _set_rng_state(state: dict, envs) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    envs.action_space.np_random.bit_generator.state = state["action_space"]
+    return {**payload, **payload["modules"], "obs_dim": env.observation_space.shape[0],
+            "act_dim": env.action_space.shape[0]}  # fmt: skip
 
 
 BUFFER_FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
-
-
-def save_checkpoint(path: str, algorithm: str, args, modules: dict, optimizers: dict, counters: dict, envs,
-                    buffer=None) -> None:  # fmt: skip
-    """Everything needed to continue a run exactly: networks, optimisers, RNG streams (python, numpy, torch, the
-    vector env's action space), counters and, when `buffer` is given, the replay buffer's filled part."""
-    payload = {
-        "algorithm": algorithm,
-        "args": dict(vars(args)),
-        "modules": {name: m.state_dict() for name, m in modules.items()},
-        "optimizers": {name: o.state_dict() for name, o in optimizers.items()},
-        "counters": dict(counters),
-        "rng": _rng_state(envs),
-        "buffer": None,
-    }
-    if buffer is not None:  # the filled rows, oldest first: a resume may give the buffer another capacity
-        order = chronological_rows(buffer.size, buffer.pos, buffer.capacity)
-        payload["buffer"] = {f: getattr(buffer, f)[order.to(buffer.device)].cpu() for f in BUFFER_FIELDS}
-    save_atomic(payload, path)
 
 
 def chronological_rows(size: int, pos: int, capacity: int) -> torch.Tensor:
@@ -707,43 +500,99 @@ def chronological_rows(size: int, pos: int, capacity: int) -> torch.Tensor:
 
 
 def restore_buffer(buffer, saved: dict) -> None:
-    """Put saved rows (oldest first) at the start of `buffer`, so that the next write goes right after the newest and
-    `buffer.size` covers only rows that were written. A smaller capacity keeps the newest rows."""
+    """Put saved rows (oldest first) at the start of `buffer`: the next write follows the newest, `size` covers only
+    written rows, and a smaller capacity keeps the newest."""
     kept = min(len(saved["obs"]), buffer.capacity)
     for f in BUFFER_FIELDS:
         getattr(buffer, f)[:kept] = saved[f][len(saved[f]) - kept :].to(getattr(buffer, f).device)
     buffer.size, buffer.pos = kept, kept % buffer.capacity
 
 
+def save_checkpoint(path: str, algorithm: str, args, modules: dict, optimizers: dict, counters: dict, envs,
+                    buffer=None) -> None:  # fmt: skip
+    """Everything to continue a run exactly: networks, optimisers, counters, RNG streams (python, numpy, torch, the
+    vector env's action space) and, with `buffer`, its filled rows oldest first (a resume may change its size)."""
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+           "action_space": envs.action_space.np_random.bit_generator.state}  # fmt: skip
+    rows = None if buffer is None else chronological_rows(buffer.size, buffer.pos, buffer.capacity).to(buffer.device)
+    save_atomic({"algorithm": algorithm, "args": dict(vars(args)), "counters": dict(counters), "rng": rng,
+                 "modules": {name: m.state_dict() for name, m in modules.items()},
+                 "optimizers": {name: o.state_dict() for name, o in optimizers.items()},
+                 "buffer": None if rows is None else {f: getattr(buffer, f)[rows].cpu() for f in BUFFER_FIELDS}},
+                path)  # fmt: skip
+
+
 def load_checkpoint(path: str, algorithm: str, env_id: str, modules: dict, optimizers: dict, envs,
                     buffer=None) -> dict:  # fmt: skip
-    """Restore what save_checkpoint wrote into the given objects and return the counters."""
-    payload = load_checked(path, algorithm, env_id)
+    """Restore what save_checkpoint wrote into the given objects; returns the counters."""
+    payload = read_saved(path, algorithm, env_id)
     require("counters" in payload, f"{path!r} is a saved model, not a checkpoint; pass runs/<run>/checkpoint.pt.")
     for name, m in modules.items():
         m.load_state_dict(payload["modules"][name])
     for name, o in optimizers.items():
         o.load_state_dict(payload["optimizers"][name])
-    _set_rng_state(payload["rng"], envs)
+    rng = payload["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    envs.action_space.np_random.bit_generator.state = rng["action_space"]
     if buffer is not None and payload["buffer"] is not None:
         restore_buffer(buffer, payload["buffer"])
     return payload["counters"]
 
 
-def run_dir_for(args) -> str:
-    """runs/{env}__{exp_name}__{seed}__{time}, or the checkpoint's own folder when resuming."""
-    if args.resume:
-        return os.path.dirname(os.path.abspath(args.resume))
-    return os.path.join(args.run_dir, run_name_for(args.env_id, args.exp_name, args.seed))
+# What --resume may change; any other flag given with --resume must agree with the checkpoint.
+RESUME_MAY_CHANGE = ("resume", "total_timesteps", "cuda", "compile", "track", "wandb_project_name", "wandb_entity",
+                     "save_model", "checkpoint_frequency", "checkpoint_buffer", "eval_frequency", "eval_episodes",
+                     "log_frequency")  # fmt: skip
+
+
+def resume_args(args, path: str, algorithm: str, cli: Optional[list[str]] = None):
+    """`--resume PATH` alone continues the run with the checkpoint's arguments: the command line `cli` (default
+    sys.argv[1:]) is parsed again with them as defaults, and a given flag outside RESUME_MAY_CHANGE that contradicts
+    the checkpoint (another --env-id, --gamma, ...) is refused in one sentence."""
+    import tyro
+
+    payload = read_saved(path, algorithm)
+    require("counters" in payload, f"{path!r} is a saved model, not a checkpoint; pass runs/<run>/checkpoint.pt.")
+    fields = [f.name for f in dataclasses.fields(args)]
+    saved = type(args)(**{k: v for k, v in payload["args"].items() if k in fields})  # fields added since: defaults
+    merged = tyro.cli(type(args), args=sys.argv[1:] if cli is None else cli, default=saved)
+    for name in fields:
+        given, kept = getattr(merged, name), getattr(saved, name)
+        if name in RESUME_MAY_CHANGE or given == kept:
+            continue
+        if name == "env_id":
+            raise UserInputError(f"{path!r} was trained on {kept}, not {given}; leave out --env-id to continue it.")
+        may = ", ".join(flag(n) for n in RESUME_MAY_CHANGE if n in fields and n != "resume")
+        raise UserInputError(f"{flag(name)} {given} contradicts {path!r}, which was trained with {kept}; "
+                             f"leave it out (on --resume only {may} may change).")  # fmt: skip
+    return merged
+
+
+# ---------------------------------------------------------------- the loop's plumbing
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, an action, a reward or an observation became NaN or inf; the message says which."""
+
+
+def check_finite(name: str, value) -> None:
+    """Raise NonFiniteError(name) if a tensor or array holds NaN/inf: called on each loss BEFORE its optimiser step
+    (the networks in memory are still the last good ones), on actions, rewards and observations. One host sync."""
+    if not (bool(torch.isfinite(value).all()) if isinstance(value, torch.Tensor) else bool(np.isfinite(value).all())):
+        raise NonFiniteError(name)
 
 
 class Run:
-    """The plumbing around one training loop, the same for both scripts: resuming from a checkpoint, TensorBoard (and
-    wandb) logging, console progress, when to log and evaluate, checkpoints every --checkpoint-frequency transitions
-    and on SIGINT / SIGTERM, the stop on NaN / inf with the last good state saved, and the end of the run.
+    """The plumbing around one training loop: --resume, logging, progress, when to log / evaluate / checkpoint,
+    SIGINT / SIGTERM (finish the step, checkpoint, exit 0), the NaN stop and the end of the run.
 
-    `counters` (global_step, updates, ...) is the loop's own dict; it is saved in every checkpoint and restored here
-    on --resume, together with the modules, optimisers, RNG streams and, with --checkpoint-buffer, the buffer."""
+    `counters` is the loop's own dict (global_step, updates, ...): saved in every checkpoint and restored here on
+    --resume with the modules, optimisers, RNG streams and, with --checkpoint-buffer, the buffer."""
 
     def __init__(self, algorithm: str, args, run_dir: str, envs, modules: dict, optimizers: dict, buffer,
                  counters: dict):  # fmt: skip
@@ -755,16 +604,38 @@ class Run:
             counters.update(load_checkpoint(args.resume, algorithm, args.env_id, modules, optimizers, envs, buffer))
             print(f"resumed from {args.resume} at step {counters['global_step']} with {buffer.size} transitions in "
                   "the buffer")  # fmt: skip
-        self.logger = Logger(run_dir, args, args.track, args.wandb_project_name, args.wandb_entity,
+        self.logger = Logger(self.run_dir, args, args.track, args.wandb_project_name, args.wandb_entity,
                              resume_step=counters["global_step"] if args.resume else None)  # fmt: skip
-        print(f"run directory: {run_dir}", flush=True)
-        self.checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-        self.stop = StopSignal()
+        print(f"run directory: {self.run_dir}", flush=True)
+        self.checkpoint_path = os.path.join(self.run_dir, "checkpoint.pt")
+        self.signal: Optional[str] = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: setattr(self, "signal", signal.Signals(signum).name))
         self.progress = Progress(args.total_timesteps, args.learning_starts, start_step=counters["global_step"])
 
     def write_checkpoint(self, path: str) -> None:
         save_checkpoint(path, self.algorithm, self.args, self.modules, self.optimizers, self.counters, self.envs,
                         self.buffer if self.args.checkpoint_buffer else None)  # fmt: skip
+
+    def log_episodes(self, infos: dict, last_return: Optional[float]) -> Optional[float]:
+        """Log the return and length of each episode that ended on this step; returns the latest return."""
+        for episode_return, episode_length in finished_episodes(infos):
+            self.logger.scalars({"charts/episodic_return": episode_return, "charts/episodic_length": episode_length},
+                                self.counters["global_step"])  # fmt: skip
+            last_return = episode_return
+        return last_return
+
+    def evaluate(self, policies: dict, device) -> None:
+        """Each policy (obs tensor -> actions) on the same --eval-episodes episodes: the first logged as
+        eval/episodic_return (and _std), the others as eval/episodic_return_{name}; one line printed."""
+        step, results = self.counters["global_step"], []
+        for i, (name, policy) in enumerate(policies.items()):
+            returns, _ = evaluate(policy, self.args.env_id, self.args.eval_episodes, self.args.seed + 1_000_000 + step,
+                                  device)  # fmt: skip
+            tag = "eval/episodic_return" + ("" if i == 0 else f"_{name}")
+            self.logger.scalars({tag: returns.mean(), **({f"{tag}_std": returns.std()} if i == 0 else {})}, step)
+            results.append(f"{name} {returns.mean():.1f} +- {returns.std():.1f}")
+        self.progress.write(f"eval at {step}: {', '.join(results)}")
 
     def log_due(self) -> bool:
         """True every --log-frequency transitions."""
@@ -775,28 +646,27 @@ class Run:
 
     def eval_due(self) -> bool:
         """True every --eval-frequency transitions, and once at the end of the run."""
-        step, counters = self.counters["global_step"], self.counters
-        if step < counters["next_eval"] and not (step >= self.args.total_timesteps and counters["last_eval"] < step):
+        step, c = self.counters["global_step"], self.counters
+        if step < c["next_eval"] and not (step >= self.args.total_timesteps and c["last_eval"] < step):
             return False
-        counters["next_eval"], counters["last_eval"] = counters["next_eval"] + self.args.eval_frequency, step
+        c["next_eval"], c["last_eval"] = c["next_eval"] + self.args.eval_frequency, step
         return True
 
     def checkpoint_and_stop(self) -> bool:
         """Write the checkpoint when one is due or a signal came; True (stop the loop) after a signal."""
-        step = self.counters["global_step"]
-        if step >= self.counters["next_checkpoint"]:
+        if self.counters["global_step"] >= self.counters["next_checkpoint"]:
             self.counters["next_checkpoint"] += self.args.checkpoint_frequency
             self.write_checkpoint(self.checkpoint_path)
-        if self.stop.name is None:
+        if self.signal is None:
             return False
         self.write_checkpoint(self.checkpoint_path)
-        self.progress.write(f"{self.stop.name} received: stopped at step {step}, checkpoint written to "
-                            f"{self.checkpoint_path} (continue with --resume {self.checkpoint_path})")  # fmt: skip
+        self.progress.write(f"{self.signal} received: stopped at step {self.counters['global_step']}, checkpoint "
+                            f"written (continue with --resume {self.checkpoint_path})")  # fmt: skip
         return True
 
     @contextlib.contextmanager
     def stop_on_non_finite(self):
-        """Around the loop: a NaN / inf (NonFiniteError, raised before any optimiser step or env step uses it) saves
+        """Around the loop: a NaN / inf (raised before any optimiser or env step uses it) saves
         last_good_checkpoint.pt and exits with status 1 and one sentence."""
         try:
             yield
@@ -804,53 +674,34 @@ class Run:
             self.progress.close()
             last_good = os.path.join(self.run_dir, "last_good_checkpoint.pt")
             self.write_checkpoint(last_good)
-            value, at = self.logger.last_values.get(err.name, (None, None))
-            last = f"its last logged finite value was {value:.6g} at step {at}" if value is not None else "never logged"
+            value, at = self.logger.last_values.get(str(err), (None, None))
+            last = "never logged" if value is None else f"its last logged finite value was {value:.6g} at step {at}"
             self.envs.close()
             self.logger.close()
-            raise SystemExit(f"error: {err.name} became NaN or inf at step {self.counters['global_step']} ({last}); "
+            raise SystemExit(f"error: {err} became NaN or inf at step {self.counters['global_step']} ({last}); "
                              f"the last good state is saved in {last_good}.") from None  # fmt: skip
 
     def finish(self, model: dict) -> None:
-        """End of the loop: with --save-model write `model` (the networks' state dicts, sizes) to
-        runs/<run>/<exp_name>.pt; report the compiled graphs; close the envs and the loggers."""
+        """With --save-model write `model` (state dicts, sizes) to runs/<run>/<exp_name>.pt; close everything."""
         self.progress.close()
         if self.args.save_model:
             path = os.path.join(self.run_dir, f"{self.args.exp_name}.pt")
             save_atomic({"algorithm": self.algorithm, "args": dataclasses.asdict(self.args), **model}, path)
             print(f"model saved to {path}", flush=True)
         if self.args.compile:
-            print(f"torch.compile built {compiled_graph_count()} graphs in this run", flush=True)
+            from torch._dynamo.utils import counters
+
+            print(f"torch.compile built {int(counters['stats']['unique_graphs'])} graphs in this run", flush=True)
         self.envs.close()
         self.logger.close()
 
 
-# What --resume may change; any other flag given with --resume must agree with the checkpoint.
-RESUME_MAY_CHANGE = (
-    "resume", "total_timesteps", "cuda", "compile", "track", "wandb_project_name", "wandb_entity", "save_model",
-    "checkpoint_frequency", "checkpoint_buffer", "eval_frequency", "eval_episodes", "log_frequency",
-)  # fmt: skip
+def run_name_for(env_id: str, exp_name: str, seed: int) -> str:
+    return f"{env_id.replace(':', '_').replace('/', '_')}__{exp_name}__{seed}__{int(time.time())}"
 
 
-def resume_args(args, path: str, algorithm: str, cli: Optional[list[str]] = None):
-    """`--resume PATH` alone continues the run: every argument comes from the checkpoint. The command line `cli`
-    (default: sys.argv[1:]) is parsed again with the checkpoint's arguments as the defaults, so a flag given
-    explicitly overrides them; only the flags in RESUME_MAY_CHANGE may differ, any other that contradicts the
-    checkpoint (another --env-id, --gamma, ...) is refused in one sentence."""
-    import tyro
-
-    payload = load_checked(path, algorithm)
-    require("counters" in payload, f"{path!r} is a saved model, not a checkpoint; pass runs/<run>/checkpoint.pt.")
-    fields = [f.name for f in dataclasses.fields(args)]
-    saved = type(args)(**{k: v for k, v in payload["args"].items() if k in fields})  # fields added since: defaults
-    merged = tyro.cli(type(args), args=sys.argv[1:] if cli is None else cli, default=saved)
-    for name in fields:
-        given, kept = getattr(merged, name), getattr(saved, name)
-        if name in RESUME_MAY_CHANGE or given == kept:
-            continue
-        if name == "env_id":
-            raise UserInputError(f"{path!r} was trained on {kept}, not {given}; leave out --env-id to continue it.")
-        may = ", ".join(_flag(n) for n in RESUME_MAY_CHANGE if n in fields and n != "resume")
-        raise UserInputError(f"{_flag(name)} {given} contradicts {path!r}, which was trained with {kept}; "
-                             f"leave it out (on --resume only {may} may change).")  # fmt: skip
-    return merged
+def run_dir_for(args) -> str:
+    """runs/{env}__{exp_name}__{seed}__{time}, or the checkpoint's own folder when resuming."""
+    if args.resume:
+        return os.path.dirname(os.path.abspath(args.resume))
+    return os.path.join(args.run_dir, run_name_for(args.env_id, args.exp_name, args.seed))

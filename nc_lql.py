@@ -34,35 +34,11 @@ ALGORITHM = "nc_lql"
 
 
 @dataclass
-class Args:
+class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track, checkpoints) are common.RunArgs'
+    """Train NC-LQL: actions from annealed Langevin dynamics on a noise-conditioned twin critic (docs/nc_lql.md)."""
+
     exp_name: str = "nc_lql"
-    """the name of this experiment (part of the run directory's name)"""
-    seed: int = 1
-    """seed of the experiment (python, numpy, torch, envs)"""
-    torch_deterministic: bool = True
-    """set `torch.backends.cudnn.deterministic`"""
-    cuda: bool = True
-    """train on the GPU when there is one, else on the CPU (the first lines of a run say which); --no-cuda: the CPU"""
-    compile: bool = False
-    """torch.compile the hot paths: the same math, several times faster after tens of seconds of compiling per graph"""
-    track: bool = False
-    """mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "nc_lql"
-    """the wandb project name"""
-    wandb_entity: Optional[str] = None
-    """the wandb entity (team)"""
-    capture_video: bool = False
-    """record videos of the first training env to runs/{run_name}/videos"""
-    save_model: bool = False
-    """save the critics to runs/{run_name}/{exp_name}.pt at the end"""
-    run_dir: str = "runs"
-    """parent folder of the run directories"""
-    checkpoint_frequency: int = 250_000
-    """write runs/{run_name}/checkpoint.pt every this many environment transitions (and on SIGINT/SIGTERM)"""
-    checkpoint_buffer: bool = False
-    """include the replay buffer in checkpoints (up to GBs); without it a resumed run refills it from scratch"""
-    resume: Optional[str] = None
-    """continue the run saved in this checkpoint, with its arguments (README "Long runs": what may change)"""
 
     env_id: str = "Hopper-v4"
     """the gymnasium id of a continuous-action environment"""
@@ -120,9 +96,7 @@ class Args:
     """LQL: constant step size eps [our choice, README "LQL's step size"]"""
 
 
-# ====================================================================================================================
-# Noise levels and step sizes
-# ====================================================================================================================
+# ==== Noise levels and step sizes ====================================================================================
 
 
 def noise_schedule(num_levels: int, sigma_max: float, sigma_min: float) -> list[float]:
@@ -148,9 +122,7 @@ def sampler_schedule(args: Args) -> tuple[list[int], list[float]]:
     return levels, [eps[lvl] for lvl in levels]
 
 
-# ====================================================================================================================
-# Noise-conditioned twin critic
-# ====================================================================================================================
+# ==== Noise-conditioned twin critic ==================================================================================
 
 
 def level_features(level: torch.Tensor, dim: int = 16, base: float = 10_000.0) -> torch.Tensor:
@@ -232,9 +204,7 @@ class NoiseConditionedTwinCritic(nn.Module):
         return q
 
 
-# ====================================================================================================================
-# Replay buffer (tensors on the training device; sampling is one gather)
-# ====================================================================================================================
+# ==== Replay buffer (tensors on the training device; sampling is one gather) =========================================
 
 
 class ReplayBuffer:
@@ -260,9 +230,7 @@ class ReplayBuffer:
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminated[idx]
 
 
-# ====================================================================================================================
-# Annealed Langevin sampler
-# ====================================================================================================================
+# ==== Annealed Langevin sampler ======================================================================================
 
 
 def langevin_noise(num_chains: int, batch_size: int, act_dim: int, num_steps: int, device) -> tuple:
@@ -320,20 +288,13 @@ def sample_actions(critic: NoiseConditionedTwinCritic, obs: torch.Tensor, args: 
     return chains[best, torch.arange(obs.shape[0], device=obs.device)]
 
 
-# ====================================================================================================================
-# Critic losses and the two-step update
-# ====================================================================================================================
+# ==== Critic losses and the two-step update ==========================================================================
 
 
-def td_loss(critic, obs, actions, clean_level, y) -> torch.Tensor:
-    """Sum over both critics of mean (Q_i(s, a, L-1) - y)^2."""
-    return (critic(obs, actions, clean_level) - y).pow(2).mean(dim=1).sum()
-
-
-def denoising_loss(critic, obs, noised_actions, levels, q_bar) -> torch.Tensor:
-    """Sum over both critics of mean (Q_i(s, a + sigma_l n, l) - q_bar)^2: each noisy level regresses onto the
-    clean critic's value of the unperturbed action, so Q(., ., l) becomes Q smoothed by a Gaussian of scale sigma_l."""
-    return (critic(obs, noised_actions, levels) - q_bar).pow(2).mean(dim=1).sum()
+def regression_loss(critic, obs, actions, level, target) -> torch.Tensor:
+    """Sum over both critics of mean_b (Q_i(s, a, l) - target)^2: the TD step (clean level, target y) and the
+    denoising step (l < L-1, a perturbed by sigma_l, target qbar: Q(., ., l) becomes Q smoothed at scale sigma_l)."""
+    return (critic(obs, actions, level) - target).pow(2).mean(dim=1).sum()
 
 
 def update_targets(args: Args, batch, critic, critic_target, sigmas: torch.Tensor, act_dim: int):
@@ -362,13 +323,12 @@ class HotPaths:
 
     sample_actions: Callable
     update_targets: Callable
-    td_loss: Callable
-    denoising_loss: Callable
+    regression_loss: Callable
 
 
 def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> HotPaths:
     """The eager hot functions, or with `compile` each wrapped in torch.compile (LeanRL's pattern)."""
-    eager = [sample_actions, update_targets, td_loss, denoising_loss]
+    eager = [sample_actions, update_targets, regression_loss]
     return HotPaths(*(common.compile_hot(fn, device or torch.device("cpu")) if compile else fn for fn in eager))
 
 
@@ -382,7 +342,7 @@ def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: t
     obs, actions = batch[0], batch[1]
     y, q_bar, levels, noised = hot.update_targets(args, batch, critic, critic_target, sigmas, act_dim)
 
-    loss_td = hot.td_loss(critic, obs, actions, len(sigmas) - 1, y)
+    loss_td = hot.regression_loss(critic, obs, actions, len(sigmas) - 1, y)
     common.check_finite("losses/td_loss", loss_td)
     optimizer.zero_grad(set_to_none=True)
     loss_td.backward()
@@ -390,7 +350,7 @@ def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: t
     info = {"losses/td_loss": loss_td.detach(), "losses/q_values": q_bar.mean(), "losses/td_target": y.mean()}
 
     if not args.lql:
-        loss_dn = hot.denoising_loss(critic, obs, noised, levels, q_bar)
+        loss_dn = hot.regression_loss(critic, obs, noised, levels, q_bar)
         common.check_finite("losses/denoising_loss", loss_dn)
         optimizer.zero_grad(set_to_none=True)
         loss_dn.backward()
@@ -399,9 +359,7 @@ def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: t
     return info
 
 
-# ====================================================================================================================
-# Saved models and validation
-# ====================================================================================================================
+# ==== Saved models and validation ====================================================================================
 
 
 def load_policy(path: str, device: str = "cpu"):
@@ -421,28 +379,16 @@ def load_policy(path: str, device: str = "cpu"):
 
 
 def validate(args: Args) -> None:
-    """Every numeric flag in its valid range, then the env id; anything else stops with one sentence (exit status 2)."""
-    common.check_positive(args, ["total_timesteps", "num_envs", "learning_starts", "buffer_size", "batch_size",
-                                 "critic_lr", "reward_scale", "hidden_dim", "num_hidden", "eval_frequency",
-                                 "eval_episodes", "log_frequency", "checkpoint_frequency", "num_levels", "sigma_max",
-                                 "sigma_min", "steps_per_level", "step_lr", "w", "num_chains", "lql_steps",
-                                 "lql_step_size"])  # fmt: skip
-    common.check_ranges(args, seed="[0, 4294967295]", gamma="[0, 1]", tau="(0, 1]")
-    common.require(
-        args.batch_size <= args.learning_starts,
-        f"--batch-size ({args.batch_size}) must not exceed --learning-starts ({args.learning_starts}).",
-    )
+    """Every flag in its valid range, then the env id; anything else stops with one sentence (exit status 2)."""
+    common.check_positive(args, ["num_levels", "sigma_max", "sigma_min", "steps_per_level", "step_lr", "w",
+                                 "num_chains", "lql_steps", "lql_step_size"])  # fmt: skip
     common.require(args.sigma_min < args.sigma_max,
                    f"--sigma-min ({args.sigma_min}) must be below --sigma-max ({args.sigma_max}).")  # fmt: skip
     common.require(args.lql or args.num_levels >= 2, "NC-LQL needs --num-levels of at least 2 (or use --lql).")
-    common.require(args.buffer_size >= args.num_envs,
-                   f"--buffer-size ({args.buffer_size}) must be at least --num-envs ({args.num_envs}).")  # fmt: skip
-    common.validate_env_id(args.env_id)
+    common.validate_run(args)
 
 
-# ====================================================================================================================
-# Training
-# ====================================================================================================================
+# ==== Training =======================================================================================================
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -461,8 +407,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     hot = hot_paths(args.compile, device)  # the eager functions, or compiled copies of them
     envs = common.make_vector_env(args.env_id, args.num_envs, args.seed,
                                   os.path.join(run_dir, "videos") if args.capture_video else None)  # fmt: skip
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    act_dim = int(np.prod(envs.single_action_space.shape))
+    obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
     critic = NoiseConditionedTwinCritic(obs_dim, act_dim, args.hidden_dim, args.num_hidden).to(device)
     critic_target = NoiseConditionedTwinCritic(obs_dim, act_dim, args.hidden_dim, args.num_hidden).to(device)
@@ -490,10 +435,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 common.check_finite("actions", actions)
             next_obs, rewards, terminated, truncated, infos = envs.step(actions)
             global_step = step["global_step"] = step["global_step"] + args.num_envs
-            for episode_return, episode_length in common.finished_episodes(infos):
-                last_return = episode_return
-                run.logger.scalars({"charts/episodic_return": episode_return,
-                                    "charts/episodic_length": episode_length}, global_step)  # fmt: skip
+            last_return = run.log_episodes(infos, last_return)
 
             # ---- store: the real next observation (the final one where an episode ended) ----
             real_next_obs = common.real_next_obs(next_obs, infos)
@@ -511,17 +453,13 @@ def main(argv: Optional[list[str]] = None) -> None:
 
             # ---- log ----
             if run.log_due():
-                sps = run.progress.rate() or 0.0  # steps/s over the last 30 s of this phase (warm-up or training)
-                run.logger.scalars({**update_info, "charts/SPS": sps, "charts/updates": step["updates"]}, global_step)
+                sps, updates = run.progress.rate(), step["updates"]
+                run.logger.scalars({**update_info, "charts/SPS": sps, "charts/updates": updates}, global_step)
             run.progress.update(global_step, step["updates"], last_return)
 
             # ---- evaluate with the same stochastic sampler ----
             if run.eval_due():
-                returns, _ = common.evaluate(policy, args.env_id, args.eval_episodes,
-                                             args.seed + 1_000_000 + global_step, device)  # fmt: skip
-                run.logger.scalars({"eval/episodic_return": returns.mean(),
-                                    "eval/episodic_return_std": returns.std()}, global_step)  # fmt: skip
-                run.progress.write(f"eval at {global_step}: {returns.mean():.1f} +- {returns.std():.1f}")
+                run.evaluate({"return": policy}, device)
 
             # ---- checkpoint: periodically, and on SIGINT / SIGTERM (then stop) ----
             if run.checkpoint_and_stop():

@@ -240,10 +240,10 @@ def main() -> None:
             nc_opt.step()
 
         flops_step = 3 * 2 * mlp_flops(B, full_critic)
-        e, c = both("nc td step", lambda hot: nc_step(lambda: hot.td_loss(nc_critic, batch[0], batch[1], 9, y)),
+        e, c = both("nc td step", lambda hot: nc_step(lambda: hot.regression_loss(nc_critic, batch[0], batch[1], 9, y)),
                     nc_lql, reps)  # fmt: skip
         table.add("NC-LQL TD step (clean level, backward, Adam)", e, c, flops_step / 1e9)
-        dn_loss = lambda hot: hot.denoising_loss(nc_critic, batch[0], noised_nc, lvl, q_bar)  # noqa: E731
+        dn_loss = lambda hot: hot.regression_loss(nc_critic, batch[0], noised_nc, lvl, q_bar)  # noqa: E731
         e, c = both("nc dn step", lambda hot: nc_step(lambda: dn_loss(hot)), nc_lql, reps)
         table.add("NC-LQL denoising step (levels 0..L-2, backward, Adam)", e, c, flops_step / 1e9)
         e, c = both("nc update", lambda hot: nc_lql.critic_update(nc_args, batch, nc_critic, nc_target, nc_opt,
