@@ -410,9 +410,9 @@ class _Lines:
 
 
 class Progress:
-    """tqdm's bar for each phase of a run, the uniform warm-up and then training, so that each has its own rate
-    (tqdm's exponentially smoothed rate, the steps before a --resume not counted) and ETA. On a terminal it redraws twice a
-    second; elsewhere it prints one plain line a minute."""
+    """A tqdm bar for each phase of a run, the uniform warm-up and then training, each with its own smoothed rate
+    and ETA (steps before a --resume do not count). On a terminal it redraws twice a second; elsewhere it prints one
+    plain line a minute."""
 
     def __init__(self, total_steps: int, learning_starts: int, start_step: int = 0, stream=None):
         self.total, self.learning_starts = total_steps, learning_starts
@@ -422,9 +422,10 @@ class Progress:
 
     def _bar(self, step: int) -> tqdm:
         warmup = step < self.learning_starts
-        return tqdm(total=self.learning_starts if warmup else self.total, initial=step, unit=" steps", miniters=1, smoothing=0.5,
+        return tqdm(total=self.learning_starts if warmup else self.total, initial=step, unit=" steps",
                     desc="warm-up" if warmup else "training", file=self.stream if self.tty else _Lines(self.stream),
-                    mininterval=0.5 if self.tty else 60.0, dynamic_ncols=self.tty, ascii=not self.tty)  # fmt: skip
+                    mininterval=0.5 if self.tty else 60.0, miniters=1, smoothing=0.5, dynamic_ncols=self.tty,
+                    ascii=not self.tty)  # fmt: skip
 
     def rate(self) -> float:
         """Steps per second in this phase (tqdm's smoothed rate; 0 before its first measurement)."""
@@ -661,7 +662,7 @@ class Run:
             return False
         self.write_checkpoint(self.checkpoint_path)
         self.progress.write(f"{self.signal} received: stopped at step {self.counters['global_step']}, checkpoint "
-                            f"written (continue with --resume {self.checkpoint_path})")  # fmt: skip
+                            f"written to {self.checkpoint_path} (continue with --resume {self.checkpoint_path})")
         return True
 
     @contextlib.contextmanager

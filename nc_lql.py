@@ -2,19 +2,16 @@
 
 Paper: Ki, Ahn, Kim, Lee, "Direct Soft-Policy Sampling via Langevin Dynamics", arXiv 2602.07873 (2026).
 
-The idea. There is no actor. The soft policy pi(a|s) ~ exp(w Q(s, a)) has score w grad_a Q(s, a), so an action
-is drawn by Langevin dynamics on the critic. Plain Langevin mixes badly on a rugged Q, so the critic takes a noise
-level l as input, and Q(s, a~, l) is trained to be the clean Q smoothed by Gaussian noise of scale sigma_l. The
-sampler anneals from the smoothest landscape (large sigma: global moves) to the sharp one (mode refinement), as
-in noise-conditioned score networks.
+There is no actor. The soft policy pi(a|s) ~ exp(w Q(s, a)) has score w grad_a Q(s, a), so an action is drawn by
+Langevin dynamics on the critic. Plain Langevin mixes badly on a rugged Q, so the critic takes a noise level l as
+input and Q(s, a~, l) is trained to be the clean Q smoothed by Gaussian noise of scale sigma_l; the sampler anneals
+from the smoothest landscape (global moves) to the sharp one (mode refinement), as noise-conditioned score networks do.
 
-Faithfulness. Every default, the network, its initialisation, the sampler and the order of the two critic steps
-follow the authors' released JAX code. Plain LQL (`--lql`) is not in the
-release: one noise level, no denoising loss, a constant step size that we chose (README, "LQL's step size").
+Every default, the network, its initialisation, the sampler and the order of the two critic steps follow the authors'
+released JAX code. Plain LQL (`--lql`) is not in the release: one noise level, no denoising loss, a constant step
+size of our choice (docs/nc_lql.md).
 
-Run:   python nc_lql.py --env-id Hopper-v4
-       python nc_lql.py --env-id Hopper-v4 --compile    # the same math, compiled (README, Speed)
-       python nc_lql.py --env-id Hopper-v4 --lql        # the plain-LQL ablation
+Run:   python nc_lql.py --env-id Hopper-v4 [--compile] [--lql]    (--compile: the same math, compiled; docs/speed.md)
 """
 
 from __future__ import annotations
@@ -241,28 +238,14 @@ def langevin_noise(num_chains: int, batch_size: int, act_dim: int, num_steps: in
     return start, torch.randn(num_steps, num_chains, batch_size, act_dim, device=device)
 
 
-def annealed_langevin(
-    q_fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
-    obs: torch.Tensor,
-    act_dim: int,
-    levels: list[int],
-    step_sizes: list[float],
-    w: float,
-    grad_norm: bool = True,
-    num_chains: int = 1,
-    noise: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-) -> torch.Tensor:
-    """Langevin chains on the critic, one step per (level, step size) pair, from a uniform start in the box.
-
-        g = grad_x q_fn(s, x, l)                      (q_fn: any function differentiable in x, summed over critics)
-        g = g / (||g|| + 1e-8)                         if grad_norm
-        x = clip(x + 0.5 eps w g + sqrt(eps) z, -1, 1),   z ~ N(0, I)
-
-    obs (B, S) -> x (N, B, A) with N = num_chains. q_fn(obs (B, S), x (N, B, A), level index int) returns Q values
-    (..., N, B); their sum is differentiated with torch.func.grad, which takes the gradient in x only (no parameter
-    gradients, no graph kept) and compiles. `noise` = langevin_noise(...) or None to draw it here. The loop has no
-    host sync: levels and step sizes are Python numbers, so torch.compile unrolls it into one graph.
-    """
+def annealed_langevin(q_fn: Callable, obs: torch.Tensor, act_dim: int, levels: list[int], step_sizes: list[float],
+                      w: float, grad_norm: bool = True, num_chains: int = 1,
+                      noise: Optional[tuple] = None) -> torch.Tensor:  # fmt: skip
+    """Langevin chains on the critic from a uniform start in the box, one step per (level l, step size eps):
+        g = grad_x q_fn(s, x, l),  g = g / (||g|| + 1e-8) if grad_norm,  x = clip(x + 0.5 eps w g + sqrt(eps) z, -1, 1)
+    obs (B, S) -> x (N, B, A), N = num_chains; q_fn(obs, x (N, B, A), level int) -> Q (..., N, B), summed and
+    differentiated in x only with torch.func.grad (no parameter gradients, no graph). `noise`: langevin_noise(...),
+    or None to draw it here. Levels and step sizes are Python numbers: no host sync, one unrolled compiled graph."""
     if noise is None:
         noise = langevin_noise(num_chains, obs.shape[0], act_dim, len(levels), obs.device)
     x, kicks = noise
