@@ -660,9 +660,10 @@ class Run:
             self.write_checkpoint(self.checkpoint_path)
         if self.signal is None:
             return False
-        self.write_checkpoint(self.checkpoint_path)
-        self.progress.write(f"{self.signal} received: stopped at step {self.counters['global_step']}, checkpoint "
-                            f"written to {self.checkpoint_path} (continue with --resume {self.checkpoint_path})")
+        path, step = self.checkpoint_path, self.counters["global_step"]
+        self.write_checkpoint(path)
+        self.progress.write(f"{self.signal} received: stopped at step {step}, checkpoint written to {path} (continue "
+                            f"with --resume {path})")  # fmt: skip
         return True
 
     @contextlib.contextmanager

@@ -86,35 +86,35 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
 
     # --- SOM ---
     num_mc_samples: int = 100
-    """[third-party] K: Monte-Carlo proposals per noised action in the score estimate (the paper's value as a third
-    party reports it)"""
+    """[third-party] K: Monte-Carlo proposals per noised action in the score estimate"""
     beta_min: float = 0.1
-    """[third-party] VP schedule: beta(0), the paper's value as a third party reports it"""
+    """[third-party] VP schedule: beta(0)"""
     beta_max: float = 20.0
-    """[third-party] VP schedule: beta(1), the paper's value as a third party reports it"""
+    """[third-party] VP schedule: beta(1)"""
     alpha: float = 0.1
-    """[ours] Boltzmann temperature on the normalised Q values (see --q-norm), chosen by a sweep (README)"""
+    """[ours] Boltzmann temperature on the normalised Q values (see --q-norm), chosen by a sweep (docs/som.md)"""
     score_estimator: Literal["tweedie", "idem"] = "tweedie"
-    """[ours] tweedie: posterior-mean score (mu E_w[a0] - a_t) / sigma^2 with box-truncated proposals; idem:
-    gradient of logsumexp_k Q(a0_k) / alpha through untruncated proposals (the form reported by a third party)"""
+    """[ours] tweedie: posterior-mean score (mu E_w[a0] - a_t) / sigma^2 with box-truncated proposals; idem: the
+    gradient of logsumexp_k Q(a0_k) / alpha through untruncated proposals (the form a third party reports)"""
     q_norm: Literal["state", "batch", "none"] = "state"
-    """[ours] standardise Q before the softmax over the K proposals of each noised action (state), over the
-    whole K x B matrix (batch, the third-party form) or not at all (none: raw Q / alpha)"""
+    """[ours] standardise Q over the K proposals of each noised action (state), over the whole K x B matrix (batch,
+    the third-party form), or not (none: raw Q / alpha)"""
     score_norm: bool = False
     """[ours] off; on: unit-normalise the score and multiply by w in the target velocity (the third-party form)"""
     w: float = 1.0
     """[paper] greediness: the target velocity is -0.5 beta(t) (a_t + w * score); [ours] 1, the exact PF-ODE"""
     num_candidates: int = 32
-    """[paper] N: one-step candidates per decision, the best by min(Q1, Q2) is taken; 1 = the pure one-step policy;
-    [ours] 32"""
+    """[paper] N: one-step candidates per decision, the best by min(Q1, Q2) taken (1: the one-step policy); [ours] 32"""
     num_target_candidates: Optional[int] = None
-    """N for the next action a' of the TD target (default: --num-candidates)"""
+    """[ours] N for the next action a' of the TD target (default: --num-candidates)"""
+    num_collect_candidates: Optional[int] = None
+    """[ours] N while collecting data (default: --num-candidates); 1: the policy's own noise explores, as SAC's does.
+    Evaluation always reports best-of---num-candidates, N = 1 and zero noise"""
     flow_matching_fraction: float = 0.25
-    """[ours] fraction of the actor batch with r = t (plain flow matching, as MeanFlow does); otherwise
-    t ~ U[t_min, 1 - t_min], r ~ U[0, t]"""
+    """[ours] fraction of actor rows with r = t (plain flow matching, as MeanFlow does); else r ~ U[0, t]"""
     distill_rows: int = 64
-    """[ours] rows per actor update on which the one-step map u(s, eps, 0, 1) is also regressed onto the actor's
-    own multi-step flow from the same noise (0: off, the MeanFlow identity alone)"""
+    """[ours] rows per actor update on which the one-step map is also regressed onto the actor's own multi-step flow
+    (0: off, the MeanFlow identity alone)"""
     distill_steps: int = 8
     """[ours] MeanFlow steps of that multi-step flow"""
     actor_points: Literal["boltzmann", "replay"] = "boltzmann"
@@ -123,9 +123,9 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
     adaptive_power: float = 0.5
     """[ours] p of MeanFlow's adaptive loss weight 1 / (err + 1e-3)^p; 0 = plain squared error"""
     t_min: float = 1e-3
-    """[ours] smallest flow time used in training (the VP score is singular at t = 0)"""
+    """[ours] flow times are drawn in [t_min, 1 - t_min] (the VP score is singular at t = 0)"""
     exploration_noise: float = 0.0
-    """[ours] std of Gaussian noise added to the chosen action while collecting data (evaluation never adds it)"""
+    """[ours] std of Gaussian noise added to the chosen action while collecting data (never in evaluation)"""
 
 
 # ==== VP schedule: beta(t) = beta_min + t (beta_max - beta_min),  a_t = mu(t) a_0 + sigma(t) eps =====================
@@ -553,8 +553,8 @@ def load_policy(path: str, num_candidates: Optional[int] = None, device: str = "
 def validate(args: Args) -> None:
     """Every flag in its valid range, then the env id; anything else stops with one sentence (exit status 2)."""
     common.check_positive(args, ["actor_lr", "num_mc_samples", "beta_max", "alpha", "w", "num_candidates"])
-    if args.num_target_candidates is not None:
-        common.check_positive(args, ["num_target_candidates"])
+    optional = [name for name in ("num_target_candidates", "num_collect_candidates") if getattr(args, name) is not None]
+    common.check_positive(args, optional)
     for name, valid, what in [
         ("num_mc_samples", args.num_mc_samples >= 2, "at least 2"),
         ("beta_min", args.beta_min >= 0, "at least 0"),
@@ -583,6 +583,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         args = common.resume_args(args, args.resume, ALGORITHM, argv)
     validate(args)
     args.num_target_candidates = args.num_target_candidates or args.num_candidates
+    args.num_collect_candidates = args.num_collect_candidates or args.num_candidates
     run_dir = common.run_dir_for(args)
     common.seed_everything(args.seed, args.torch_deterministic)
     device = common.pick_device(args.cuda)
@@ -612,13 +613,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     last_return, update_info = None, {}
     with run.stop_on_non_finite():
         while step["global_step"] < args.total_timesteps:
-            # ---- act: uniform warm-up, then the best of N one-step candidates ----
+            # ---- act: uniform warm-up, then the best of N (--num-collect-candidates) one-step candidates ----
             if step["global_step"] < args.learning_starts:
                 actions = envs.action_space.sample()
             else:
                 with torch.no_grad():
                     obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-                    action_t = hot.sample_actions(actor, critic, obs_t, args.num_candidates)
+                    action_t = hot.sample_actions(actor, critic, obs_t, args.num_collect_candidates)
                     if args.exploration_noise > 0:
                         action_t = action_t + args.exploration_noise * torch.randn_like(action_t)
                 actions = action_t.clamp(-1.0, 1.0).cpu().numpy()
