@@ -189,7 +189,8 @@ def make_env(env_id: str, seed: int, capture_video_dir: Optional[str] = None) ->
     def thunk():
         env = make_video_env(env_id, capture_video_dir) if capture_video_dir else gym.make(env_id)
         env = gym.wrappers.RecordEpisodeStatistics(env)
-        env = gym.wrappers.RescaleAction(env, -np.ones(env.action_space.shape), np.ones(env.action_space.shape))
+        unit = np.ones(env.action_space.shape, dtype=np.float32)
+        env = gym.wrappers.RescaleAction(env, -unit, unit)
         env.action_space.seed(seed)
         return env
 

@@ -267,6 +267,7 @@ def test_a_run_prints_the_device_the_v4_note_once_and_plain_progress(tmp_path):
     assert lines[0].startswith("note: Hopper-v4 is not the newest version") and "on purpose" in lines[0]
     assert lines[1] == "device: cpu (--no-cuda)"
     assert proc.stdout.count("note:") == 1 and "out of date" not in proc.stderr
+    assert "precision lowered" not in proc.stderr  # the rescaled action box is float32, as the envs' own
     assert "\r" not in proc.stdout and "warm-up: 100%" in proc.stdout and "training: 100%" in proc.stdout
 
 
