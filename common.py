@@ -358,7 +358,7 @@ class Logger:
                 raise
         self.last_values: dict = {}  # the last finite value of each tag, for the NaN message
         self.writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
-        table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+        table = "\n".join(f"|{k}|{v}|" for k, v in {**vars(args), "commit": source_commit()}.items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
     def scalars(self, values: dict, step: int) -> dict:
@@ -376,6 +376,18 @@ class Logger:
         self.writer.close()
         if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
             sys.modules["wandb"].finish()
+
+
+def source_commit() -> str:
+    """The git commit of this file's checkout, with "+" when tracked files have changed; "unknown" outside git."""
+    git = ["git", "-C", os.path.dirname(os.path.abspath(__file__))]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return head.stdout.strip() + ("+" if dirty else "") if head.returncode == 0 else "unknown"
 
 
 def start_wandb(run_dir: str, args, project: str, entity: Optional[str], resuming: bool) -> None:

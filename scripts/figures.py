@@ -11,8 +11,9 @@
         release's 60,000 post-warm-up steps (`curves` draws them whole)
 
     python scripts/figures.py summary RUN_DIR [RUN_DIR ...] [--episodes 300]
-        no figure: per run, its eval returns (best-of-N and N = 1) as a table row, and the mean return of the first
-        and the last 300 training episodes (on the bandit an episode is one action)
+        no figure: per run, the commit it ran on, its flags that differ from the script's defaults, its eval returns
+        (SOM: best-of-N, N = 1 and zero noise) as table rows, and the mean return of the first and the last 300
+        training episodes (on the bandit an episode is one action)
 
 RUN_DIR is a folder of run directories (runs/ by default, named {env}__{exp_name}__{seed}__{time}) or one run.
 """
@@ -152,11 +153,38 @@ def plot_bandit(som_path: str, nc_path: str | None, out: str, num: int = 500) ->
     save(fig, out)
 
 
+def run_flags(run_dir: str) -> dict:
+    """The arguments a run logged (its "hyperparameters" text: every flag, and the commit it ran on)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(run_dir, size_guidance={"tensors": 0})
+    acc.Reload()
+    if "hyperparameters/text_summary" not in acc.Tags()["tensors"]:
+        return {}
+    text = acc.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
+    rows = [line.strip("|").split("|", 1) for line in text.splitlines()[2:]]
+    return {k: v for k, v in (row for row in rows if len(row) == 2)}
+
+
+def changed_flags(flags: dict) -> str:
+    """The flags that differ from the defaults of the script that wrote them, as a command line."""
+    import nc_lql
+    import som
+
+    module = som if "actor_lr" in flags else nc_lql if "num_levels" in flags else None
+    defaults = {k: str(v) for k, v in vars(module.Args()).items()} if module else {}
+    plumbing = {"exp_name", "run_dir", "track", "wandb_project_name", "wandb_entity", "resume", "commit"}
+    changed = [(k.replace("_", "-"), v) for k, v in flags.items() if k not in plumbing and defaults.get(k) != v]
+    return " ".join(f"--{k}" if v == "True" else f"--no-{k}" if v == "False" else f"--{k} {v}" for k, v in changed)
+
+
 def print_summary(paths: list[str], episodes: int) -> None:
     for (env, exp), runs in sorted(find_runs(paths).items()):
         for run in runs:
-            print(f"{env} {exp} ({os.path.basename(run)})")
-            for tag in ("eval/episodic_return", "eval/episodic_return_n1"):
+            flags = run_flags(run)
+            print(f"{env} {exp} ({os.path.basename(run)}), commit {flags.get('commit', 'not logged')}")
+            print(f"  flags: {changed_flags(flags)}")
+            for tag in ("eval/episodic_return", "eval/episodic_return_n1", "eval/episodic_return_zero_noise"):
                 steps, values = read_tag(run, tag)
                 if len(steps):
                     print(f"  {tag} at {', '.join(f'{s:,}' for s in steps)}")

@@ -195,16 +195,16 @@ def main() -> None:
         e, c = both("som update", som_update, som, reps)
         table.add("**SOM full update** (critic + actor)", e, c, flops_som / 1e9)
 
-        # the first default's actor fit (noised replay actions, no distillation), for the cost of the switch
-        first = dataclasses.replace(args, actor_points="replay", distill_rows=0)
+        # the actor fit on noised replay actions without distillation (--actor-points replay --distill-rows 0): its cost
+        replay_fit = dataclasses.replace(args, actor_points="replay", distill_rows=0)
 
-        def first_default_update(hot):
-            som.critic_update(first, batch, actor, critic, critic_target, critic_opt, hot)
-            som.actor_update(first, batch, actor, critic, actor_opt, hot)
+        def replay_fit_update(hot):
+            som.critic_update(replay_fit, batch, actor, critic, critic_target, critic_opt, hot)
+            som.actor_update(replay_fit, batch, actor, critic, actor_opt, hot)
 
-        e, c = both("som update, first default", first_default_update, som, reps)
-        flops_first = flops_target + flops_critic_step + flops_score + 5 * mlp_flops(B, [S + A + 32] + actor_sizes[1:])
-        table.add("SOM full update, first default (replay points, no distillation)", e, c, flops_first / 1e9)
+        e, c = both("som update, replay fit", replay_fit_update, som, reps)
+        flops_replay = flops_target + flops_critic_step + flops_score + 5 * mlp_flops(B, [S + A + 32] + actor_sizes[1:])
+        table.add("SOM full update, --actor-points replay --distill-rows 0", e, c, flops_replay / 1e9)
 
     # ---------------------------------------------------------------------------------------------------- NC-LQL
     if cli.only != "som":

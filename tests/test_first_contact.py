@@ -1,5 +1,5 @@
 """What a new user meets first: a range check for every numeric flag, --resume PATH alone, the progress bar, the
-device line, the -v4 note, --track offline and without a login, and the README's plug-in example."""
+device line, the -v4 note, --track offline and without a login, and the plug-in example of docs/api.md."""
 
 import dataclasses
 import glob
@@ -322,13 +322,13 @@ def test_track_without_a_network_is_one_sentence_naming_offline_mode(tmp_path):
     assert "WANDB_MODE=offline" in proc.stderr
 
 
-# -------------------------------------------------------------------------------------------------- README example
-def test_the_readme_plug_in_example_runs():
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "class Critic(nn.Module)" in b]
+# -------------------------------------------------------------------------------------------------- plug-in example
+def test_the_plug_in_example_of_docs_api_runs():
+    page = open(os.path.join(ROOT, "docs", "api.md")).read()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "class Critic(nn.Module)" in b]
     assert len(blocks) == 1
     namespace: dict = {}
-    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    exec(compile(blocks[0], "docs/api.md", "exec"), namespace)
     assert namespace["score"].shape == (8, 6) and torch.isfinite(namespace["score"]).all()
     chains = namespace["chains"]
     assert chains.shape == (1, 8, 6) and chains.abs().max() <= 1

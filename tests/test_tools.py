@@ -169,6 +169,16 @@ def test_evaluate_saved_model_and_curve_figure(tmp_path):
                          capture_output=True, text=True)  # fmt: skip
     assert fig.returncode == 0, fig.stderr[-2000:]
     assert os.path.getsize(out) > 10_000
+    summary = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "figures.py"), "summary", runs],
+                             capture_output=True, text=True)  # fmt: skip
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    lines = summary.stdout.splitlines()
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    assert lines[0].startswith("Pendulum-v1 som (") and f"commit {commit.stdout.strip()}" in lines[0]
+    # the flags that differ from som.py's defaults, as a command line (--run-dir and the like left out)
+    assert lines[1].startswith("  flags: --save-model --env-id Pendulum-v1 --total-timesteps 240 --num-envs 2")
+    assert "--run-dir" not in lines[1] and "--num-candidates 4" in lines[1]
+    assert any(line.startswith("  eval/episodic_return_zero_noise at 120, 240") for line in lines)
 
 
 def test_sac_baseline_writes_the_scripts_tags(tmp_path):
