@@ -2,7 +2,7 @@
 
     python scripts/figures.py curves RUN_DIR [RUN_DIR ...] --out docs/curves.png
         one panel per env: eval return (mean and min-max over seeds) against env steps, per algorithm; SOM runs
-        also get their N = 1 curve (eval/episodic_return_n1) dashed
+        also get their N = 1 curve (eval/episodic_return_n1) dashed and their zero-noise curve dotted
     python scripts/figures.py bandit --som runs/.../som.pt --nc-lql runs/.../nc_lql.pt --out docs/bandit.png
         MultimodalBandit-v0's reward landscape with 500 actions from SOM (N = 1 and N = 32) and NC-LQL
     python scripts/figures.py release RUN_DIR [RUN_DIR ...] --out docs/release.png
@@ -69,7 +69,8 @@ def plot_curves(paths: list[str], out: str) -> None:
         for (env_id, exp), runs in sorted(groups.items()):
             if env_id != env:
                 continue
-            for tag, style in (("eval/episodic_return", "-"), ("eval/episodic_return_n1", "--")):
+            for tag, style in (("eval/episodic_return", "-"), ("eval/episodic_return_n1", "--"),
+                               ("eval/episodic_return_zero_noise", ":")):  # fmt: skip
                 curves = [read_tag(r, tag) for r in runs]
                 curves = [c for c in curves if len(c[0])]
                 if not curves:
@@ -77,7 +78,7 @@ def plot_curves(paths: list[str], out: str) -> None:
                 n = min(len(c[0]) for c in curves)
                 steps, values = curves[0][0][:n], np.stack([c[1][:n] for c in curves])
                 label = f"{exp} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
-                label += ", N=1" if tag.endswith("n1") else ""
+                label += ", N=1" if tag.endswith("n1") else ", zero noise" if tag.endswith("noise") else ""
                 line = ax.plot(steps, values.mean(0), style, label=label)[0]
                 if len(curves) > 1:
                     ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2, color=line.get_color())
