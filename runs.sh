@@ -5,17 +5,18 @@
 #   WORKERS=4 ./runs.sh           four at a time
 #   ./runs.sh --dry-run           print the commands, run nothing
 #   ./runs.sh --slurm             write ./runs_slurm.sbatch (one array task per command) and say how to submit it
-#   ./runs.sh quick [--dry-run]   the CPU-sized set used for the README's figures (hours on a laptop, not days)
+#   ./runs.sh quick [--dry-run]   the CPU-sized set of docs/results.md (hours on a laptop, not days)
 #   ./runs.sh release [--dry-run] Hopper-v4 beside the authors' NC-LQL release: the protocol's defaults, seed 100,
-#                                 90,000 transitions, 20 eval episodes every 7,500 (README "Side by side")
-#   ./runs.sh long [--dry-run]    the longest runs of the README: HalfCheetah-v4, then Hopper-v4, both scripts, the
+#                                 90,000 transitions, 20 eval episodes every 7,500 (docs/results.md)
+#   ./runs.sh long [--dry-run]    the longest runs of docs/results.md: HalfCheetah-v4, then Hopper-v4, both scripts, the
 #                                 protocol's defaults, --compile, seed 100, checkpoints every 15,000 transitions;
 #                                 LONG_STEPS (default 150000) transitions; extend one with
 #                                 python som.py --resume runs/<run>/checkpoint.pt --total-timesteps <more>
-#   ./runs.sh probe [--dry-run]   the README's method studies: SOM's actor probes and bandit runs, the bandit figure's
+#   ./runs.sh probe [--dry-run]   the studies of docs/som_studies.md: SOM's actor probes and bandit runs, the bandit figure's
 #                                 runs, LQL's step-size sweep, SOM's alpha check on Hopper-v4
 #   ./runs.sh vs_sac [--dry-run]  HalfCheetah-v4 and Hopper-v4, seeds 1 and 2, 30,000 steps at the CPU settings: SOM,
 #                                 NC-LQL and Stable-Baselines3's SAC (scripts/sac_baseline.py, requirements-bench.txt)
+#   ./runs.sh screen [--dry-run]  SOM's actor-fit candidates on HalfCheetah-v4, seed 1, 20,000 steps (docs/results.md)
 #   ./runs.sh --only som          only one algorithm (som or nc_lql); combine with any of the above
 set -euo pipefail
 CALLER_DIR=$(pwd)
@@ -26,7 +27,7 @@ MODE=run
 ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    paper|quick|release|long|probe|vs_sac) SET="$1" ;;
+    paper|quick|release|long|probe|vs_sac|screen) SET="$1" ;;
     --dry-run) MODE=dry ;;
     --slurm) MODE=slurm ;;
     --only)
@@ -34,24 +35,24 @@ while [ $# -gt 0 ]; do
         som|nc_lql) ONLY="$2"; shift ;;
         *) echo "runs.sh: --only takes som or nc_lql, got '${2:-}' (see ./runs.sh --help)" >&2; exit 2 ;;
       esac ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "runs.sh: unknown argument '$1' (see ./runs.sh --help)" >&2; exit 2 ;;
   esac
   shift
 done
 PYTHON=${PYTHON:-python}
-[ "$SET" = release ] || [ "$SET" = long ] || [ "$SET" = vs_sac ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
+[ "$SET" = release ] || [ "$SET" = long ] || [ "$SET" = vs_sac ] || [ "$SET" = screen ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
 
-# The quick set's budgets per (script, env): what was run for the README on 2 CPU cores. SOM's Pendulum-v1 and first
-# Hopper-v4 runs used the first default's actor fit (noised replay actions, no distillation); Hopper-v4:now is the
-# current default, compiled.
-FIRST_FIT="--actor-points replay --distill-rows 0"
+# The quick set's budgets per (script, env): what was run for docs/results.md on 2 CPU cores. SOM's Pendulum-v1 and
+# Hopper-v4 runs used the replay fit (noised replay actions, no distillation); Hopper-v4:now is the default fit,
+# compiled.
+REPLAY_FIT="--actor-points replay --distill-rows 0"
 budget() {
   [ "$SET" = quick ] || return 0
   case "$1/$2" in
-    som/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 15000 --log-frequency 500 $FIRST_FIT" ;;
+    som/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 15000 --log-frequency 500 $REPLAY_FIT" ;;
     nc_lql/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 12000 --eval-frequency 2000 --log-frequency 500" ;;
-    som/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 $FIRST_FIT" ;;
+    som/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 $REPLAY_FIT" ;;
     som/Hopper-v4:now) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 --compile --exp-name som_fit_check" ;;
     nc_lql/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 30000 --eval-frequency 2500 --log-frequency 1000" ;;
   esac
@@ -60,11 +61,11 @@ budget() {
 commands() {
   if [ "$SET" = probe ]; then  # the actor alone against the exact bandit reward, then RL on the bandit
     local probe="$PYTHON scripts/bandit_actor_probe.py"
-    local first="actor_points=replay distill_rows=0"  # the first default's actor fit
-    echo "$probe --updates 6000 --set $first score_estimator=idem score_norm=True q_norm=batch alpha=1.0 --sweep w=1.0,3.0,10.0"
-    echo "$probe --updates 6000 --set $first --sweep alpha=0.03,0.1,0.3,1.0"
-    echo "$probe --updates 6000 --set $first --sweep adaptive_power=0.0,1.0"
-    echo "$probe --updates 6000 --set $first q_norm=none --sweep alpha=0.03,0.1"
+    local replay="actor_points=replay distill_rows=0"  # the replay fit
+    echo "$probe --updates 6000 --set $replay score_estimator=idem score_norm=True q_norm=batch alpha=1.0 --sweep w=1.0,3.0,10.0"
+    echo "$probe --updates 6000 --set $replay --sweep alpha=0.03,0.1,0.3,1.0"
+    echo "$probe --updates 6000 --set $replay --sweep adaptive_power=0.0,1.0"
+    echo "$probe --updates 6000 --set $replay q_norm=none --sweep alpha=0.03,0.1"
     echo "$probe --updates 6000 --set distill_rows=0 --sweep actor_points=replay,boltzmann"
     echo "$probe --updates 6000 --set distill_rows=64 --sweep actor_points=replay,boltzmann"
     echo "$probe --updates 6000 --set actor_points=boltzmann distill_rows=128 distill_steps=16"
@@ -74,16 +75,16 @@ commands() {
     local bandit="--env-id MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --total-timesteps 3000"
     echo "$PYTHON som.py $bandit --num-candidates 1 --compile --exp-name bandit_new_default"
     echo "$PYTHON som.py $bandit --num-candidates 1 --compile --actor-points replay --distill-rows 0 --exp-name bandit_old_default"
-    # the bandit figure (README "Bandit"): SOM with the first default's fit, NC-LQL; then LQL's step-size sweep
+    # the bandit figure (docs/results.md): SOM with the replay fit, NC-LQL; then LQL's step-size sweep
     local small="--env-id MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --batch-size 64 --hidden-dim 64"
-    echo "$PYTHON som.py $small --total-timesteps 3500 --num-mc-samples 32 --num-candidates 1 --actor-lr 1e-3 --critic-lr 1e-3 --eval-frequency 3500 --eval-episodes 100 --save-model $FIRST_FIT"
+    echo "$PYTHON som.py $small --total-timesteps 3500 --num-mc-samples 32 --num-candidates 1 --actor-lr 1e-3 --critic-lr 1e-3 --eval-frequency 3500 --eval-episodes 100 --save-model $REPLAY_FIT"
     echo "$PYTHON nc_lql.py $small --total-timesteps 2500 --critic-lr 1e-3 --eval-frequency 2500 --eval-episodes 50 --save-model"
     for x in 1e-4 1e-3 1e-2; do
       echo "$PYTHON nc_lql.py $small --total-timesteps 2500 --critic-lr 1e-3 --eval-frequency 2500 --eval-episodes 50 --save-model --lql --lql-step-size $x --exp-name lql_$x"
     done
-    # SOM's alpha on Hopper-v4 at the CPU settings, 17,500 steps (README "Choosing alpha"; 0.1 is the quick run)
+    # SOM's alpha on Hopper-v4 at the CPU settings, 17,500 steps (docs/som_studies.md; 0.1 is the quick run)
     for a in 0.03 0.3; do
-      echo "$PYTHON som.py --env-id Hopper-v4 --seed 1 --num-envs 1 --eval-episodes 10 --critic-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --actor-lr 3e-4 --eval-frequency 2500 --learning-starts 5000 --total-timesteps 17500 --alpha $a $FIRST_FIT"
+      echo "$PYTHON som.py --env-id Hopper-v4 --seed 1 --num-envs 1 --eval-episodes 10 --critic-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --actor-lr 3e-4 --eval-frequency 2500 --learning-starts 5000 --total-timesteps 17500 --alpha $a $REPLAY_FIT"
     done
     return
   fi
@@ -99,6 +100,17 @@ commands() {
         done
       done
     done
+    return
+  fi
+  if [ "$SET" = screen ]; then  # SOM's actor-fit candidates: HalfCheetah-v4, seed 1, 20,000 steps, the CPU settings
+    local cpu="--env-id HalfCheetah-v4 --seed 1 --num-envs 1 --learning-starts 5000 --batch-size 256 --critic-lr 3e-4"
+    cpu="$cpu --eval-frequency 2500 --eval-episodes 5 --compile --checkpoint-frequency 10000 --checkpoint-buffer"
+    cpu="$cpu --actor-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --total-timesteps 20000"
+    echo "$PYTHON som.py $cpu --exp-name som_vs_sac"
+    echo "$PYTHON som.py $cpu $REPLAY_FIT --exp-name som_screen_replay"
+    echo "$PYTHON som.py $cpu --actor-points replay --exp-name som_screen_replay_distill"
+    echo "$PYTHON som.py $cpu --alpha 0.05 --exp-name som_screen_alpha005"
+    echo "$PYTHON som.py $cpu --num-collect-candidates 1 --exp-name som_screen_collect1"
     return
   fi
   if [ "$SET" = vs_sac ]; then  # SOM, NC-LQL and Stable-Baselines3's SAC at the CPU settings, 30,000 steps
@@ -121,7 +133,7 @@ commands() {
   fi
   if [ "$SET" = release ]; then  # seeds: SEEDS, default 100 (the release's first seed)
     local common="--env-id Hopper-v4 --eval-frequency 7500 --eval-episodes 20 --compile"
-    local keep="--checkpoint-frequency 15000 --checkpoint-buffer"  # so a later session can --resume past 90,000
+    local keep="--checkpoint-frequency 15000 --checkpoint-buffer"  # so the run can be continued with --resume past 90,000
     for seed in ${SEEDS:-100}; do
       if [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; then
         echo "$PYTHON nc_lql.py $common --total-timesteps 90000 --seed $seed --exp-name nc_lql_vs_release --save-model"
@@ -129,7 +141,7 @@ commands() {
       if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
         echo "$PYTHON som.py $common --total-timesteps 90000 --seed $seed --exp-name som_protocol --save-model $keep"
         echo "$PYTHON som.py $common --total-timesteps 90000 --seed $seed --exp-name som_protocol_first_fit" \
-          "--save-model $FIRST_FIT"
+          "--save-model $REPLAY_FIT"
       fi
     done
     # NC-LQL's second seed, run on to 150,000 transitions: its first 90,000 are the side-by-side's second seed (nothing
@@ -143,7 +155,7 @@ commands() {
   local nc_envs="Hopper-v4 HalfCheetah-v4 Walker2d-v4 Ant-v4 Humanoid-v4 Swimmer-v4"
   local som_extra="" nc_extra=""
   if [ "$SET" = quick ]; then
-    # CPU-sized (README "Results"): one env, short warm-up, K = 16 and N = 1 for SOM's TD target, lr 3e-4.
+    # CPU-sized (docs/results.md): one env, short warm-up, K = 16 and N = 1 for SOM's TD target, lr 3e-4.
     local cpu="--num-envs 1 --eval-episodes 10 --critic-lr 3e-4"
     som_envs="Pendulum-v1 Hopper-v4 Hopper-v4:now"
     nc_envs="Pendulum-v1 Hopper-v4"

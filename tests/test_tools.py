@@ -43,7 +43,7 @@ def test_quick_set_and_only_filter():
     for line in quick:
         args = tyro.cli(som.Args, args=shlex.split(line)[2:])
         fits.add((args.env_id, args.actor_points, args.distill_rows, args.compile))
-    # Pendulum and the first Hopper run with the first default's actor fit, the Hopper check with today's default
+    # Pendulum and the first Hopper run with the replay fit, the Hopper check with the default fit
     assert fits == {("Pendulum-v1", "replay", 0, False), ("Hopper-v4", "replay", 0, False),
                     ("Hopper-v4", "boltzmann", 64, True)}  # fmt: skip
 
@@ -80,6 +80,15 @@ def test_long_and_probe_sets_parse():
             assert names and set(names) <= fields, line
         else:
             tyro.cli(som.Args if argv[1] == "som.py" else nc_lql.Args, args=argv[2:])
+
+
+def test_screen_set_is_five_som_candidates_at_the_cpu_settings():
+    lines = _dry("screen")
+    parsed = [tyro.cli(som.Args, args=shlex.split(line)[2:]) for line in lines]
+    assert len(parsed) == 5 and {a.total_timesteps for a in parsed} == {20_000} and {a.seed for a in parsed} == {1}
+    fits = {(a.actor_points, a.distill_rows, a.alpha, a.num_collect_candidates) for a in parsed}
+    assert fits == {("boltzmann", 64, 0.1, None), ("replay", 0, 0.1, None), ("replay", 64, 0.1, None),
+                    ("boltzmann", 64, 0.05, None), ("boltzmann", 64, 0.1, 1)}  # fmt: skip
 
 
 def test_vs_sac_set_is_som_nc_lql_and_sac_on_two_tasks_and_two_seeds():
