@@ -208,8 +208,10 @@ def make_vector_env(env_id: str, num_envs: int, seed: int, capture_video_dir: Op
 
 def real_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:
     """The observation each sub-env really reached: the final one where an episode just ended."""
+    if "_final_obs" not in infos:  # the common case: no episode ended, no copy
+        return next_obs
     real = next_obs.copy()
-    for i in np.flatnonzero(infos.get("_final_obs", [])):
+    for i in np.flatnonzero(infos["_final_obs"]):
         real[i] = infos["final_obs"][i]
     return real
 
