@@ -14,6 +14,11 @@
         no figure: per run, the commit it ran on, its flags that differ from the script's defaults, its eval returns
         (SOM: best-of-N, N = 1 and zero noise) as table rows, and the mean return of the first and the last 300
         training episodes (on the bandit an episode is one action)
+    python scripts/figures.py compare RUN_DIR [RUN_DIR ...] [--baseline sac_sb3] [--up-to 30000]
+        no figure: a markdown table, one row per (exp_name, eval tag), one column per env: the mean over seeds of
+        each run's mean eval return over the last third of its evaluations up to --up-to steps, and that mean over
+        the baseline's (its eval/episodic_return, where positive); the last column averages the ratio over envs and
+        seeds (each seed's mean over the baseline's mean on that env)
 
 RUN_DIR is a folder of run directories (runs/ by default, named {env}__{exp_name}__{seed}__{time}) or one run.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 import sys
 from collections import defaultdict
@@ -198,6 +204,59 @@ def print_summary(paths: list[str], episodes: int) -> None:
                 )
 
 
+EVAL_TAGS = {
+    "eval/episodic_return": "",
+    "eval/episodic_return_n1": "N = 1",
+    "eval/episodic_return_zero_noise": "zero noise",
+}
+
+
+def last_third_mean(steps: np.ndarray, values: np.ndarray, up_to: int) -> float:
+    """The mean of the last third (rounded up) of the evaluations at steps <= up_to; NaN when the run stopped short
+    of up_to (its last third would cover other steps than the others')."""
+    kept = values[steps <= up_to]
+    if not len(kept) or steps.max() < up_to:
+        return float("nan")
+    return float(kept[-math.ceil(len(kept) / 3) :].mean())
+
+
+def compare_table(paths: list[str], baseline: str, up_to: int) -> list[str]:
+    """The `compare` table's lines: per (exp_name, tag) and env the seeds' mean, "mean (ratio to the baseline)"."""
+    groups = find_runs(paths)
+    envs = sorted({env for env, _ in groups})
+    scores = {}  # (exp, tag) -> {env: [per-seed last-third means]}
+    for (env, exp), runs in groups.items():
+        for tag in EVAL_TAGS:
+            per_seed = [last_third_mean(*read_tag(run, tag), up_to) for run in runs if len(read_tag(run, tag)[0])]
+            if per_seed:
+                scores.setdefault((exp, tag), {})[env] = per_seed
+    base = {env: np.mean(v) for env, v in scores.get((baseline, "eval/episodic_return"), {}).items()}
+    base = {env: v for env, v in base.items() if v > 0}  # a ratio to a baseline at or below zero says nothing
+    lines = [
+        f"| method ({up_to:,} steps) | {' | '.join(envs)} | mean ratio to {baseline} |",
+        "|---" * (len(envs) + 2) + "|",
+    ]
+    for (exp, tag), by_env in sorted(scores.items()):
+        cells, ratios = [], []
+        for env in envs:
+            if env not in by_env:
+                cells.append("")
+                continue
+            seeds = by_env[env]
+            cell = f"{np.mean(seeds):.1f} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+            if env in base:
+                ratios += [s / base[env] for s in seeds]
+                cell += f", {np.mean(seeds) / base[env]:.2f}x"
+            cells.append(cell)
+        name = f"{exp}, {EVAL_TAGS[tag]}" if EVAL_TAGS[tag] else exp
+        lines.append(
+            f"| {name} | {' | '.join(cells)} | {np.mean(ratios):.2f} |"
+            if ratios
+            else f"| {name} | {' | '.join(cells)} | |"
+        )
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -214,9 +273,15 @@ def main() -> None:
     t = sub.add_parser("summary")
     t.add_argument("paths", nargs="+")
     t.add_argument("--episodes", type=int, default=300)
+    m = sub.add_parser("compare")
+    m.add_argument("paths", nargs="+")
+    m.add_argument("--baseline", default="sac_sb3")
+    m.add_argument("--up-to", type=int, default=30_000)
     args = p.parse_args()
     if args.what == "curves":
         plot_curves(args.paths, args.out)
+    elif args.what == "compare":
+        print("\n".join(compare_table(args.paths, args.baseline, args.up_to)))
     elif args.what == "summary":
         print_summary(args.paths, args.episodes)
     elif args.what == "release":

@@ -206,3 +206,30 @@ def test_sac_baseline_writes_the_scripts_tags(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sac_baseline.py"), "--batch-size", "0"],
                          capture_output=True, text=True, env=script_env())  # fmt: skip
     assert_one_sentence_error(bad, "--batch-size must be positive")
+
+
+def test_compare_table_is_last_third_means_over_seeds_and_their_ratio_to_the_baseline(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    def write(name, tags):
+        with SummaryWriter(str(tmp_path / name)) as w:
+            for tag, values in tags.items():
+                for i, v in enumerate(values):
+                    w.add_scalar(tag, v, 1000 * (i + 1))
+
+    # 6 evaluations up to 6,000 steps: the last third is the evaluations at 5,000 and 6,000
+    write("Env-v0__sac_sb3__1__0", {"eval/episodic_return": [0, 0, 0, 0, 90, 110]})
+    write("Env-v0__sac_sb3__2__0", {"eval/episodic_return": [0, 0, 0, 0, 100, 100]})
+    write("Env-v0__som__1__0", {"eval/episodic_return": [0, 0, 0, 0, 150, 150],
+                                "eval/episodic_return_n1": [0, 0, 0, 0, 40, 60, 999]})  # fmt: skip
+    write("Env-v0__som__2__0", {"eval/episodic_return": [0, 0, 0, 0, 250, 250]})
+    write("Env-v0__short__1__0", {"eval/episodic_return": [5, 5]})  # stopped at 2,000 steps: no mean at 6,000
+    write("Bad-v0__sac_sb3__1__0", {"eval/episodic_return": [-5] * 6})  # a baseline at or below zero: no ratio
+    write("Bad-v0__som__1__0", {"eval/episodic_return": [1, 2, 3, 4, 5, 6]})
+    from scripts.figures import compare_table
+
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in compare_table([str(tmp_path)], "sac_sb3", 6000)}
+    assert rows["sac_sb3"] == "| sac_sb3 | -5.0 (1 seed) | 100.0 (2 seeds), 1.00x | 1.00 |"
+    assert rows["som"] == "| som | 5.5 (1 seed) | 200.0 (2 seeds), 2.00x | 2.00 |"
+    assert rows["som, N = 1"] == "| som, N = 1 |  | 50.0 (1 seed), 0.50x | 0.50 |"  # steps past --up-to left out
+    assert rows["short"] == "| short |  | nan (1 seed), nanx | nan |"
