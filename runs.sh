@@ -14,8 +14,9 @@
 #                                 python som.py --resume runs/<run>/checkpoint.pt --total-timesteps <more>
 #   ./runs.sh probe [--dry-run]   the studies of docs/som_studies.md: SOM's actor probes and bandit runs, the bandit figure's
 #                                 runs, LQL's step-size sweep, SOM's alpha check on Hopper-v4
-#   ./runs.sh vs_sac [--dry-run]  HalfCheetah-v4 and Hopper-v4, seeds 1 and 2, 30,000 steps at the CPU settings: SOM,
-#                                 NC-LQL and Stable-Baselines3's SAC (scripts/sac_baseline.py, requirements-bench.txt)
+#   ./runs.sh vs_sac [--dry-run]  HalfCheetah-v4 and Hopper-v4, seeds 1 and 2, 30,000 steps at the CPU settings: SOM
+#                                 (replay fit and Boltzmann fit), NC-LQL and Stable-Baselines3's SAC
+#                                 (scripts/sac_baseline.py, requirements-bench.txt)
 #   ./runs.sh screen [--dry-run]  SOM's actor-fit candidates on HalfCheetah-v4, seed 1, 20,000 steps (docs/results.md)
 #   ./runs.sh --only som          only one algorithm (som or nc_lql); combine with any of the above
 set -euo pipefail
@@ -35,7 +36,7 @@ while [ $# -gt 0 ]; do
         som|nc_lql) ONLY="$2"; shift ;;
         *) echo "runs.sh: --only takes som or nc_lql, got '${2:-}' (see ./runs.sh --help)" >&2; exit 2 ;;
       esac ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "runs.sh: unknown argument '$1' (see ./runs.sh --help)" >&2; exit 2 ;;
   esac
   shift
@@ -44,16 +45,17 @@ PYTHON=${PYTHON:-python}
 [ "$SET" = release ] || [ "$SET" = long ] || [ "$SET" = vs_sac ] || [ "$SET" = screen ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
 
 # The quick set's budgets per (script, env): what was run for docs/results.md on 2 CPU cores. SOM's Pendulum-v1 and
-# Hopper-v4 runs used the replay fit (noised replay actions, no distillation); Hopper-v4:now is the default fit,
-# compiled.
+# Hopper-v4 runs used the replay fit (noised replay actions, no distillation); Hopper-v4:now is the Boltzmann fit,
+# compiled. Every SOM line names its actor fit, so the commands stay those of the recorded runs.
 REPLAY_FIT="--actor-points replay --distill-rows 0"
+BOLTZMANN_FIT="--actor-points boltzmann --distill-rows 64"  # Boltzmann draws as training points, one-step distillation
 budget() {
   [ "$SET" = quick ] || return 0
   case "$1/$2" in
     som/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 15000 --log-frequency 500 $REPLAY_FIT" ;;
     nc_lql/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 12000 --eval-frequency 2000 --log-frequency 500" ;;
     som/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 $REPLAY_FIT" ;;
-    som/Hopper-v4:now) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 --compile --exp-name som_fit_check" ;;
+    som/Hopper-v4:now) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 --compile --exp-name som_fit_check $BOLTZMANN_FIT" ;;
     nc_lql/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 30000 --eval-frequency 2500 --log-frequency 1000" ;;
   esac
 }
@@ -73,7 +75,7 @@ commands() {
     echo "$probe --updates 12000 --set distill_rows=0 --sweep actor_points=replay,boltzmann"
     echo "$probe --updates 12000 --set actor_points=boltzmann distill_rows=64 --sweep distill_steps=8"
     local bandit="--env-id MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --total-timesteps 3000"
-    echo "$PYTHON som.py $bandit --num-candidates 1 --compile --exp-name bandit_new_default"
+    echo "$PYTHON som.py $bandit --num-candidates 1 --compile $BOLTZMANN_FIT --exp-name bandit_new_default"
     echo "$PYTHON som.py $bandit --num-candidates 1 --compile --actor-points replay --distill-rows 0 --exp-name bandit_old_default"
     # the bandit figure (docs/results.md): SOM with the replay fit, NC-LQL; then LQL's step-size sweep
     local small="--env-id MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --batch-size 64 --hidden-dim 64"
@@ -95,7 +97,7 @@ commands() {
       for seed in ${SEEDS:-100}; do
         for algo in nc_lql som; do
           if [ -z "$ONLY" ] || [ "$ONLY" = $algo ]; then
-            echo "$PYTHON $algo.py --env-id $env --seed $seed $common --exp-name ${algo}_long"
+            echo "$PYTHON $algo.py --env-id $env --seed $seed $common --exp-name ${algo}_long$([ $algo = som ] && echo " $BOLTZMANN_FIT")"
           fi
         done
       done
@@ -106,11 +108,11 @@ commands() {
     local cpu="--env-id HalfCheetah-v4 --seed 1 --num-envs 1 --learning-starts 5000 --batch-size 256 --critic-lr 3e-4"
     cpu="$cpu --eval-frequency 2500 --eval-episodes 5 --compile --checkpoint-frequency 10000 --checkpoint-buffer"
     cpu="$cpu --actor-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --total-timesteps 20000"
-    echo "$PYTHON som.py $cpu --exp-name som_vs_sac"
+    echo "$PYTHON som.py $cpu $BOLTZMANN_FIT --exp-name som_vs_sac"
     echo "$PYTHON som.py $cpu $REPLAY_FIT --exp-name som_screen_replay"
-    echo "$PYTHON som.py $cpu --actor-points replay --exp-name som_screen_replay_distill"
-    echo "$PYTHON som.py $cpu --alpha 0.05 --exp-name som_screen_alpha005"
-    echo "$PYTHON som.py $cpu --num-collect-candidates 1 --exp-name som_screen_collect1"
+    echo "$PYTHON som.py $cpu --actor-points replay --distill-rows 64 --exp-name som_screen_replay_distill"
+    echo "$PYTHON som.py $cpu $BOLTZMANN_FIT --alpha 0.05 --exp-name som_screen_alpha005"
+    echo "$PYTHON som.py $cpu $BOLTZMANN_FIT --num-collect-candidates 1 --exp-name som_screen_collect1"
     return
   fi
   if [ "$SET" = vs_sac ]; then  # SOM, NC-LQL and Stable-Baselines3's SAC at the CPU settings, 30,000 steps
@@ -118,8 +120,10 @@ commands() {
     cpu="$cpu --eval-episodes 5 --total-timesteps 30000 --compile --checkpoint-frequency 10000 --checkpoint-buffer"
     for env in HalfCheetah-v4 Hopper-v4; do
       for seed in ${SEEDS:-1 2}; do
-        if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
-          echo "$PYTHON som.py --env-id $env --seed $seed $cpu --actor-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --exp-name som_vs_sac"
+        if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then  # the two actor fits that came out of the screen, flags explicit
+          local som="$PYTHON som.py --env-id $env --seed $seed $cpu --actor-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1"
+          echo "$som $REPLAY_FIT --exp-name som_vs_sac_replay"
+          echo "$som $BOLTZMANN_FIT --exp-name som_vs_sac"
         fi
         if [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; then
           echo "$PYTHON nc_lql.py --env-id $env --seed $seed $cpu --exp-name nc_lql_vs_sac"
@@ -139,7 +143,8 @@ commands() {
         echo "$PYTHON nc_lql.py $common --total-timesteps 90000 --seed $seed --exp-name nc_lql_vs_release --save-model"
       fi
       if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
-        echo "$PYTHON som.py $common --total-timesteps 90000 --seed $seed --exp-name som_protocol --save-model $keep"
+        echo "$PYTHON som.py $common --total-timesteps 90000 --seed $seed --exp-name som_protocol --save-model $keep" \
+          "$BOLTZMANN_FIT"
         echo "$PYTHON som.py $common --total-timesteps 90000 --seed $seed --exp-name som_protocol_first_fit" \
           "--save-model $REPLAY_FIT"
       fi
