@@ -14,11 +14,11 @@
         no figure: per run, the commit it ran on, its flags that differ from the script's defaults, its eval returns
         (SOM: best-of-N, N = 1 and zero noise) as table rows, and the mean return of the first and the last 300
         training episodes (on the bandit an episode is one action)
-    python scripts/figures.py compare RUN_DIR [RUN_DIR ...] [--baseline sac_sb3] [--up-to 30000]
-        no figure: a markdown table, one row per (exp_name, eval tag), one column per env: the mean over seeds of
-        each run's mean eval return over the last third of its evaluations up to --up-to steps, and that mean over
-        the baseline's (its eval/episodic_return, where positive); the last column averages the ratio over envs and
-        seeds (each seed's mean over the baseline's mean on that env)
+    python scripts/figures.py compare RUN_DIR [RUN_DIR ...] [--baseline sac_sb3] [--up-to 30000] [--per-seed]
+        no figure: a markdown table, one row per (exp_name, eval tag), one column per env (--per-seed: per env and
+        seed): the mean over seeds of each run's mean eval return over the last third of its evaluations up to
+        --up-to steps, and that mean over the baseline's (its eval/episodic_return, where positive); the last column
+        averages each run's ratio to the baseline's mean on its env over envs and seeds
 
 RUN_DIR is a folder of run directories (runs/ by default, named {env}__{exp_name}__{seed}__{time}) or one run.
 """
@@ -220,40 +220,40 @@ def last_third_mean(steps: np.ndarray, values: np.ndarray, up_to: int) -> float:
     return float(kept[-math.ceil(len(kept) / 3) :].mean())
 
 
-def compare_table(paths: list[str], baseline: str, up_to: int) -> list[str]:
-    """The `compare` table's lines: per (exp_name, tag) and env the seeds' mean, "mean (ratio to the baseline)"."""
+def compare_table(paths: list[str], baseline: str, up_to: int, per_seed: bool = False) -> list[str]:
+    """The `compare` table's lines. Per (exp_name, tag) and env: the seeds' mean and its ratio to the baseline's
+    mean on that env; `per_seed`: one column per (env, seed) with that run's mean. The last column is the mean over
+    envs and seeds of each run's ratio to the baseline's mean on its env."""
     groups = find_runs(paths)
     envs = sorted({env for env, _ in groups})
-    scores = {}  # (exp, tag) -> {env: [per-seed last-third means]}
+    scores = {}  # (exp, tag) -> {env: {seed: last-third mean}}
     for (env, exp), runs in groups.items():
-        for tag in EVAL_TAGS:
-            per_seed = [last_third_mean(*read_tag(run, tag), up_to) for run in runs if len(read_tag(run, tag)[0])]
-            if per_seed:
-                scores.setdefault((exp, tag), {})[env] = per_seed
-    base = {env: np.mean(v) for env, v in scores.get((baseline, "eval/episodic_return"), {}).items()}
+        for run in runs:
+            seed = int(os.path.basename(run.rstrip("/")).split("__")[2])
+            for tag in EVAL_TAGS:
+                steps, values = read_tag(run, tag)
+                if len(steps):
+                    scores.setdefault((exp, tag), {}).setdefault(env, {})[seed] = last_third_mean(steps, values, up_to)
+    base = {env: np.mean(list(v.values())) for env, v in scores.get((baseline, "eval/episodic_return"), {}).items()}
     base = {env: v for env, v in base.items() if v > 0}  # a ratio to a baseline at or below zero says nothing
+    columns = sorted({(env, seed) for by_env in scores.values() for env, v in by_env.items() for seed in v})
+    heads = [f"{env} seed {seed}" for env, seed in columns] if per_seed else envs
     lines = [
-        f"| method ({up_to:,} steps) | {' | '.join(envs)} | mean ratio to {baseline} |",
-        "|---" * (len(envs) + 2) + "|",
+        f"| method ({up_to:,} steps) | {' | '.join(heads)} | mean ratio to {baseline} |",
+        "|---" * (len(heads) + 2) + "|",
     ]
     for (exp, tag), by_env in sorted(scores.items()):
-        cells, ratios = [], []
-        for env in envs:
-            if env not in by_env:
-                cells.append("")
-                continue
-            seeds = by_env[env]
-            cell = f"{np.mean(seeds):.1f} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
-            if env in base:
-                ratios += [s / base[env] for s in seeds]
-                cell += f", {np.mean(seeds) / base[env]:.2f}x"
-            cells.append(cell)
+        ratios = [v / base[env] for env, seeds in by_env.items() if env in base for v in seeds.values()]
+        if per_seed:
+            cells = [f"{by_env[env][seed]:.1f}" if seed in by_env.get(env, {}) else "" for env, seed in columns]
+        else:
+            cells = []
+            for env in envs:
+                seeds = list(by_env.get(env, {}).values())
+                cell = f"{np.mean(seeds):.1f} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})" if seeds else ""
+                cells.append(cell + (f", {np.mean(seeds) / base[env]:.2f}x" if seeds and env in base else ""))
         name = f"{exp}, {EVAL_TAGS[tag]}" if EVAL_TAGS[tag] else exp
-        lines.append(
-            f"| {name} | {' | '.join(cells)} | {np.mean(ratios):.2f} |"
-            if ratios
-            else f"| {name} | {' | '.join(cells)} | |"
-        )
+        lines.append(f"| {name} | {' | '.join(cells)} | {f'{np.mean(ratios):.2f}' if ratios else ''} |")
     return lines
 
 
@@ -277,11 +277,12 @@ def main() -> None:
     m.add_argument("paths", nargs="+")
     m.add_argument("--baseline", default="sac_sb3")
     m.add_argument("--up-to", type=int, default=30_000)
+    m.add_argument("--per-seed", action="store_true")
     args = p.parse_args()
     if args.what == "curves":
         plot_curves(args.paths, args.out)
     elif args.what == "compare":
-        print("\n".join(compare_table(args.paths, args.baseline, args.up_to)))
+        print("\n".join(compare_table(args.paths, args.baseline, args.up_to, args.per_seed)))
     elif args.what == "summary":
         print_summary(args.paths, args.episodes)
     elif args.what == "release":

@@ -43,7 +43,7 @@ def test_quick_set_and_only_filter():
     for line in quick:
         args = tyro.cli(som.Args, args=shlex.split(line)[2:])
         fits.add((args.env_id, args.actor_points, args.distill_rows, args.compile))
-    # Pendulum and the first Hopper run with the replay fit, the Hopper check with the default fit
+    # Pendulum and the first Hopper run with the replay fit, the Hopper check with the Boltzmann fit
     assert fits == {("Pendulum-v1", "replay", 0, False), ("Hopper-v4", "replay", 0, False),
                     ("Hopper-v4", "boltzmann", 64, True)}  # fmt: skip
 
@@ -235,3 +235,9 @@ def test_compare_table_is_last_third_means_over_seeds_and_their_ratio_to_the_bas
     assert rows["som"] == "| som | 5.5 (1 seed) | 200.0 (2 seeds), 2.00x | 2.00 |"
     assert rows["som, N = 1"] == "| som, N = 1 |  | 50.0 (1 seed), 0.50x | 0.50 |"  # steps past --up-to left out
     assert rows["short"] == "| short |  | nan (1 seed), nanx | nan |"
+    per_seed = compare_table([str(tmp_path)], "sac_sb3", 6000, per_seed=True)
+    assert (
+        per_seed[0]
+        == "| method (6,000 steps) | Bad-v0 seed 1 | Env-v0 seed 1 | Env-v0 seed 2 | mean ratio to sac_sb3 |"
+    )
+    assert "| som | 5.5 | 150.0 | 250.0 | 2.00 |" in per_seed
