@@ -21,8 +21,8 @@ docs/som.md gives the evidence for each. Our default score is the posterior-mean
     a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box,   w_k = softmax_k(Qn(s, a0_k) / alpha),
     score = (mu sum_k w_k a0_k - a_t) / sigma^2,
 critic forward passes only; the third party's form is `--score-estimator idem --score-norm --q-norm batch`. The actor
-is fitted at approximate draws of exp(Q / alpha) noised to t, and on a few rows its one-step map is also regressed
-onto its own multi-step flow (`--distill-rows`).
+is fitted at the batch's replay actions noised to t; `--actor-points boltzmann --distill-rows 64` fits it at
+approximate draws of exp(Q / alpha) instead and also regresses its one-step map onto its own multi-step flow.
 
 Run:   python som.py --env-id Hopper-v4 [--compile]      (--compile: the same math, compiled; docs/speed.md)
 Help:  python som.py --help
@@ -112,14 +112,14 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
     Evaluation always reports best-of---num-candidates, N = 1 and zero noise"""
     flow_matching_fraction: float = 0.25
     """[ours] fraction of actor rows with r = t (plain flow matching, as MeanFlow does); else r ~ U[0, t]"""
-    distill_rows: int = 64
+    distill_rows: int = 0
     """[ours] rows per actor update on which the one-step map is also regressed onto the actor's own multi-step flow
     (0: off, the MeanFlow identity alone)"""
     distill_steps: int = 8
     """[ours] MeanFlow steps of that multi-step flow"""
-    actor_points: Literal["boltzmann", "replay"] = "boltzmann"
-    """[ours] actions noised to t for the actor's fit: approximate draws of exp(Q / alpha) (K uniform proposals
-    resampled by the softmax), or the batch's replay actions"""
+    actor_points: Literal["replay", "boltzmann"] = "replay"
+    """[ours] actions noised to t for the actor's fit: the batch's replay actions, or approximate draws of
+    exp(Q / alpha) (K uniform proposals resampled by the softmax)"""
     adaptive_power: float = 0.5
     """[ours] p of MeanFlow's adaptive loss weight 1 / (err + 1e-3)^p; 0 = plain squared error"""
     t_min: float = 1e-3
@@ -445,7 +445,7 @@ def critic_loss(critic: TwinCritic, obs, actions, y) -> tuple[torch.Tensor, torc
 
 
 def actor_loss(args: Args, batch, actor, critic, diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
-    """The MeanFlow loss at replay states, with actions a (default: draws of exp(Q / alpha)) noised to t:
+    """The MeanFlow loss at replay states, with actions a (the replay actions, or draws of exp(Q / alpha)) noised to t:
         a_t = mu(t) a + sigma(t) eps,   v = PF-ODE velocity at (a_t, t) from the score estimate,
         loss = adaptive-weighted || u(s, a_t, r, t) - stopgrad(v - (t - r) du/dt) ||^2
     plus, on --distill-rows rows, the one-step map regressed onto the actor's own --distill-steps-step flow:
