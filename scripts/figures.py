@@ -1,8 +1,9 @@
 """Figures for the README, regenerated from the runs' TensorBoard files and saved models.
 
     python scripts/figures.py curves RUN_DIR [RUN_DIR ...] --out docs/curves.png
-        one panel per env: eval return (mean and min-max over seeds) against env steps, per algorithm; SOM runs
-        also get their N = 1 curve (eval/episodic_return_n1) dashed and their zero-noise curve dotted
+        one panel per env: eval return (mean, and min-max over seeds as a band) against env steps, one colour per
+        exp_name; SOM runs also get their N = 1 curve (eval/episodic_return_n1) dashed and their zero-noise curve
+        dotted (without bands)
     python scripts/figures.py bandit --som runs/.../som.pt --nc-lql runs/.../nc_lql.pt --out docs/bandit.png
         MultimodalBandit-v0's reward landscape with 500 actions from SOM (N = 1 and N = 32) and NC-LQL
     python scripts/figures.py release RUN_DIR [RUN_DIR ...] --out docs/release.png
@@ -70,6 +71,9 @@ def find_runs(paths: list[str]) -> dict:
 def plot_curves(paths: list[str], out: str) -> None:
     groups = find_runs(paths)
     envs = sorted({env for env, _ in groups})
+    colors = {
+        exp: f"C{i}" for i, exp in enumerate(sorted({exp for _, exp in groups}))
+    }  # one per algorithm, every panel
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.6), squeeze=False)
     for ax, env in zip(axes[0], envs):
         for (env_id, exp), runs in sorted(groups.items()):
@@ -85,8 +89,8 @@ def plot_curves(paths: list[str], out: str) -> None:
                 steps, values = curves[0][0][:n], np.stack([c[1][:n] for c in curves])
                 label = f"{exp} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
                 label += ", N=1" if tag.endswith("n1") else ", zero noise" if tag.endswith("noise") else ""
-                line = ax.plot(steps, values.mean(0), style, label=label)[0]
-                if len(curves) > 1:
+                line = ax.plot(steps, values.mean(0), style, label=label, color=colors[exp])[0]
+                if len(curves) > 1 and style == "-":  # the band: min-max over seeds, of the solid curve only
                     ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2, color=line.get_color())
         label_axes(ax, env, "environment steps", "eval return")
     save(fig, out)
