@@ -44,6 +44,13 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
+# the eval tags the scripts write, with the label suffix each gets (SOM: best-of-N, N = 1, zero noise)
+EVAL_TAGS = {
+    "eval/episodic_return": "",
+    "eval/episodic_return_n1": "N = 1",
+    "eval/episodic_return_zero_noise": "zero noise",
+}
+
 
 def read_tag(run_dir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -71,16 +78,14 @@ def find_runs(paths: list[str]) -> dict:
 def plot_curves(paths: list[str], out: str) -> None:
     groups = find_runs(paths)
     envs = sorted({env for env, _ in groups})
-    colors = {
-        exp: f"C{i}" for i, exp in enumerate(sorted({exp for _, exp in groups}))
-    }  # one per algorithm, every panel
+    exps = sorted({exp for _, exp in groups})
+    colors = {exp: f"C{i}" for i, exp in enumerate(exps)}  # one colour per algorithm, the same in every panel
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.6), squeeze=False)
     for ax, env in zip(axes[0], envs):
         for (env_id, exp), runs in sorted(groups.items()):
             if env_id != env:
                 continue
-            for tag, style in (("eval/episodic_return", "-"), ("eval/episodic_return_n1", "--"),
-                               ("eval/episodic_return_zero_noise", ":")):  # fmt: skip
+            for tag, style in zip(EVAL_TAGS, ("-", "--", ":")):
                 curves = [read_tag(r, tag) for r in runs]
                 curves = [c for c in curves if len(c[0])]
                 if not curves:
@@ -88,7 +93,7 @@ def plot_curves(paths: list[str], out: str) -> None:
                 n = min(len(c[0]) for c in curves)
                 steps, values = curves[0][0][:n], np.stack([c[1][:n] for c in curves])
                 label = f"{exp} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
-                label += ", N=1" if tag.endswith("n1") else ", zero noise" if tag.endswith("noise") else ""
+                label += f", {EVAL_TAGS[tag]}" if EVAL_TAGS[tag] else ""
                 line = ax.plot(steps, values.mean(0), style, label=label, color=colors[exp])[0]
                 if len(curves) > 1 and style == "-":  # the band: min-max over seeds, of the solid curve only
                     ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2, color=line.get_color())
@@ -195,7 +200,7 @@ def print_summary(paths: list[str], episodes: int) -> None:
             flags = run_flags(run)
             print(f"{env} {exp} ({os.path.basename(run)}), commit {flags.get('commit', 'not logged')}")
             print(f"  flags: {changed_flags(flags)}")
-            for tag in ("eval/episodic_return", "eval/episodic_return_n1", "eval/episodic_return_zero_noise"):
+            for tag in EVAL_TAGS:
                 steps, values = read_tag(run, tag)
                 if len(steps):
                     print(f"  {tag} at {', '.join(f'{s:,}' for s in steps)}")
@@ -206,13 +211,6 @@ def print_summary(paths: list[str], episodes: int) -> None:
                     f"  training episodes: {len(train)}; first {episodes}: {train[:episodes].mean():.3f}, "
                     f"last {episodes}: {train[-episodes:].mean():.3f}"
                 )
-
-
-EVAL_TAGS = {
-    "eval/episodic_return": "",
-    "eval/episodic_return_n1": "N = 1",
-    "eval/episodic_return_zero_noise": "zero noise",
-}
 
 
 def last_third_mean(steps: np.ndarray, values: np.ndarray, up_to: int) -> float:
