@@ -120,10 +120,11 @@ commands() {
     cpu="$cpu --eval-episodes 5 --total-timesteps 30000 --compile --checkpoint-frequency 10000 --checkpoint-buffer"
     for env in HalfCheetah-v4 Hopper-v4; do
       for seed in ${SEEDS:-1 2}; do
-        if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then  # the two actor fits that came out of the screen, flags explicit
+        if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then  # the two actor fits, and the replay fit collecting with N = 1
           local som="$PYTHON som.py --env-id $env --seed $seed $cpu --actor-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1"
           echo "$som $REPLAY_FIT --exp-name som_vs_sac_replay"
           echo "$som $BOLTZMANN_FIT --exp-name som_vs_sac"
+          echo "$som $REPLAY_FIT --num-collect-candidates 1 --exp-name som_vs_sac_replay_collect1"
         fi
         if [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; then
           echo "$PYTHON nc_lql.py --env-id $env --seed $seed $cpu --exp-name nc_lql_vs_sac"

@@ -93,7 +93,7 @@ def test_screen_set_is_five_som_candidates_at_the_cpu_settings():
 
 def test_vs_sac_set_is_som_nc_lql_and_sac_on_two_tasks_and_two_seeds():
     lines = _dry("vs_sac")
-    assert len(lines) == 2 * 2 * 4
+    assert len(lines) == 2 * 2 * 5
     runs = set()
     for line in lines:
         argv = shlex.split(line)
@@ -108,12 +108,12 @@ def test_vs_sac_set_is_som_nc_lql_and_sac_on_two_tasks_and_two_seeds():
             assert (args.num_envs, args.learning_starts, args.batch_size, args.critic_lr) == (1, 5000, 256, 3e-4)
             assert (args.eval_frequency, args.eval_episodes, args.checkpoint_buffer) == (2500, 5, True)
         assert args.total_timesteps == 30_000
-        fit = (args.actor_points, args.distill_rows) if argv[1] == "som.py" else None
+        fit = (args.actor_points, args.distill_rows, args.num_collect_candidates) if argv[1] == "som.py" else None
         runs.add((argv[1], args.env_id, args.seed, fit))
     assert (
-        len(runs) == 16 and {r[1] for r in runs} == {"HalfCheetah-v4", "Hopper-v4"} and {r[2] for r in runs} == {1, 2}
+        len(runs) == 20 and {r[1] for r in runs} == {"HalfCheetah-v4", "Hopper-v4"} and {r[2] for r in runs} == {1, 2}
     )
-    assert {r[3] for r in runs if r[0] == "som.py"} == {("replay", 0), ("boltzmann", 64)}
+    assert {r[3] for r in runs if r[0] == "som.py"} == {("replay", 0, None), ("boltzmann", 64, None), ("replay", 0, 1)}
 
 
 def test_slurm_writes_one_array_task_per_command(tmp_path):
