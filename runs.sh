@@ -74,11 +74,11 @@ commands() {
     echo "$probe --updates 6000 --set actor_points=boltzmann distill_rows=64 actor_lr=2e-3"
     echo "$probe --updates 12000 --set distill_rows=0 --sweep actor_points=replay,boltzmann"
     echo "$probe --updates 12000 --set actor_points=boltzmann distill_rows=64 --sweep distill_steps=8"
-    local bandit="--env-id MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --total-timesteps 3000"
+    local bandit="--env-id scripts.bandit:MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --total-timesteps 3000"
     echo "$PYTHON som.py $bandit --num-candidates 1 --compile $BOLTZMANN_FIT --exp-name bandit_new_default"
     echo "$PYTHON som.py $bandit --num-candidates 1 --compile --actor-points replay --distill-rows 0 --exp-name bandit_old_default"
     # the bandit figure (docs/results.md): SOM with the replay fit, NC-LQL; then LQL's step-size sweep
-    local small="--env-id MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --batch-size 64 --hidden-dim 64"
+    local small="--env-id scripts.bandit:MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --batch-size 64 --hidden-dim 64"
     echo "$PYTHON som.py $small --total-timesteps 3500 --num-mc-samples 32 --num-candidates 1 --actor-lr 1e-3 --critic-lr 1e-3 --eval-frequency 3500 --eval-episodes 100 --save-model $REPLAY_FIT"
     echo "$PYTHON nc_lql.py $small --total-timesteps 2500 --critic-lr 1e-3 --eval-frequency 2500 --eval-episodes 50 --save-model"
     for x in 1e-4 1e-3 1e-2; do

@@ -24,14 +24,14 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # noqa: E402
 import som  # noqa: E402
+from scripts import bandit  # noqa: E402
 
-MODES = torch.tensor(common.MultimodalBandit.MODES, dtype=torch.float32)
+MODES = torch.tensor(bandit.MultimodalBandit.MODES, dtype=torch.float32)
 
 
 def bandit_reward(actions: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(common.MultimodalBandit.reward(actions.detach().numpy()), dtype=torch.float32)
+    return torch.as_tensor(bandit.MultimodalBandit.reward(actions.detach().numpy()), dtype=torch.float32)
 
 
 class ExactBanditCritic(torch.nn.Module):
@@ -39,8 +39,8 @@ class ExactBanditCritic(torch.nn.Module):
 
     def forward(self, obs, actions):
         sq = ((actions.unsqueeze(-2) - MODES) ** 2).sum(-1)
-        heights = torch.tensor(common.MultimodalBandit.HEIGHTS, dtype=torch.float32)
-        q = (heights * torch.exp(-sq / (2 * common.MultimodalBandit.WIDTH**2))).sum(-1)
+        heights = torch.tensor(bandit.MultimodalBandit.HEIGHTS, dtype=torch.float32)
+        q = (heights * torch.exp(-sq / (2 * bandit.MultimodalBandit.WIDTH**2))).sum(-1)
         return torch.stack([q, q])
 
 

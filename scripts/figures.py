@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # noqa: E402
+from scripts import bandit  # noqa: E402
 
 # the eval tags the scripts write, with the label suffix each gets (SOM: best-of-N, N = 1, zero noise)
 EVAL_TAGS = {
@@ -148,7 +148,7 @@ def plot_bandit(som_path: str, nc_path: str | None, out: str, num: int = 500) ->
     torch.manual_seed(0)
     grid = np.linspace(-1, 1, 201)
     xx, yy = np.meshgrid(grid, grid)
-    reward = common.MultimodalBandit.reward(np.stack([xx, yy], -1))
+    reward = bandit.MultimodalBandit.reward(np.stack([xx, yy], -1))
     panels = []
     obs = torch.zeros(num, 1)
     for n in (1, 32):
@@ -161,7 +161,7 @@ def plot_bandit(som_path: str, nc_path: str | None, out: str, num: int = 500) ->
     for ax, (title, actions) in zip(axes[0], panels):
         ax.contourf(xx, yy, reward, levels=20, cmap="viridis")
         ax.scatter(actions[:, 0], actions[:, 1], s=4, c="white", alpha=0.6)
-        mean_r = common.MultimodalBandit.reward(actions).mean()
+        mean_r = bandit.MultimodalBandit.reward(actions).mean()
         ax.set_title(f"{title}\nmean reward {mean_r:.2f} (random 0.06, best 1.0)", fontsize=9)
         ax.set_xlim(-1.05, 1.05)
         ax.set_ylim(-1.05, 1.05)

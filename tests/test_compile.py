@@ -18,6 +18,7 @@ from helpers import assert_same_run, read_scalars, run_script
 import common
 import nc_lql
 import som
+from scripts import bandit
 
 CPU = torch.device("cpu")
 
@@ -153,7 +154,7 @@ def test_som_full_update_compiled_equals_eager(actor_fit, same_randomness):
 
 # ---------------------------------------------------------------------------------------------- whole runs, --compile
 
-TINY = ["--env-id", "MultimodalBandit-v0", "--num-envs", "2", "--learning-starts", "100", "--batch-size", "32",
+TINY = ["--env-id", bandit.ENV_ID, "--num-envs", "2", "--learning-starts", "100", "--batch-size", "32",
         "--eval-frequency", "100", "--eval-episodes", "3", "--log-frequency", "50", "--hidden-dim", "32",
         "--checkpoint-frequency", "100", "--checkpoint-buffer", "--no-cuda"]  # fmt: skip
 SCRIPT_TINY = {"som.py": ["--num-mc-samples", "8", "--num-candidates", "4"],

@@ -16,6 +16,7 @@ from helpers import ROOT, assert_one_sentence_error, assert_same_run, read_scala
 
 import common
 import som
+from scripts import bandit
 
 SOM_TINY = ["--num-envs", "2", "--learning-starts", "100", "--batch-size", "32", "--num-mc-samples", "8",
             "--num-candidates", "4", "--eval-episodes", "2", "--log-frequency", "20", "--hidden-dim", "32"]  # fmt: skip
@@ -159,7 +160,7 @@ def test_signal_writes_a_checkpoint_exits_zero_and_resume_continues(script, sig,
     assert scalars["eval/episodic_return"][-1][0] == stopped_at + 60
 
 
-BANDIT = ["--env-id", "MultimodalBandit-v0", "--num-envs", "2", "--learning-starts", "40", "--batch-size", "16",
+BANDIT = ["--env-id", bandit.ENV_ID, "--num-envs", "2", "--learning-starts", "40", "--batch-size", "16",
           "--eval-frequency", "60", "--eval-episodes", "3", "--log-frequency", "20", "--hidden-dim", "32",
           "--checkpoint-frequency", "60", "--checkpoint-buffer"]  # fmt: skip
 BANDIT_EXTRA = {"som.py": ["--num-mc-samples", "8", "--num-candidates", "4"], "nc_lql.py": []}
@@ -187,7 +188,7 @@ def test_a_resumed_run_is_the_uninterrupted_run(script, tmp_path):
         for flow_steps in (1, 4):
             policy, args = som.load_policy(ckpt, num_candidates=2, flow_steps=flow_steps)
             actions = policy(torch.zeros(5, 1))
-            assert args.env_id == "MultimodalBandit-v0" and actions.shape == (5, 2) and actions.abs().max() <= 1
+            assert args.env_id == bandit.ENV_ID and actions.shape == (5, 2) and actions.abs().max() <= 1
 
 
 # som.main with its actor loss turned NaN from the 31st update on, as `python -c PATCH <cli>`

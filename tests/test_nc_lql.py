@@ -10,6 +10,7 @@ from helpers import assert_one_sentence_error, read_scalars, run_script
 
 import common
 import nc_lql
+from scripts import bandit
 
 
 # -------------------------------------------------------------------------------------------------- schedule
@@ -232,7 +233,7 @@ def test_nc_lql_critic_learns_the_bandit(tmp_path):
     normalised gradient steps at w = 500 random-walk on the flat part of the reward, and for some seeds the chains
     end in the (1, 1) corner (mean reward of 1,000 sampled actions, seeds 1-7: 0.29, 0.00, 0.32, 0.00, 0.00, 0.26,
     0.00), while the critic is right in all of them."""
-    proc = run_script("nc_lql.py", "--env-id", "MultimodalBandit-v0", "--num-envs", "1", "--learning-starts", "500",
+    proc = run_script("nc_lql.py", "--env-id", bandit.ENV_ID, "--num-envs", "1", "--learning-starts", "500",
                       "--total-timesteps", "2500", "--batch-size", "64", "--hidden-dim", "64", "--critic-lr", "1e-3",
                       "--eval-frequency", "2500", "--eval-episodes", "50", "--save-model", "--run-dir",
                       str(tmp_path))  # fmt: skip

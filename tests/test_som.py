@@ -11,6 +11,7 @@ from helpers import assert_one_sentence_error, read_scalars, run_script
 
 import common
 import som
+from scripts import bandit
 
 BETA_MIN, BETA_MAX = 0.1, 20.0
 
@@ -451,7 +452,7 @@ def test_one_step_actor_reaches_its_target_on_a_fixed_analytic_critic(fit, floor
 @pytest.mark.slow
 def test_som_learns_the_bandit_with_one_step_sampling(tmp_path):
     """Full SOM (critic learned from rewards) acting with N = 1; the saved actor, sampled once, beats random."""
-    proc = run_script("som.py", "--env-id", "MultimodalBandit-v0", "--num-envs", "1", "--learning-starts", "500",
+    proc = run_script("som.py", "--env-id", bandit.ENV_ID, "--num-envs", "1", "--learning-starts", "500",
                       "--total-timesteps", "3500", "--batch-size", "64", "--hidden-dim", "64", "--num-mc-samples",
                       "32", "--num-candidates", "1", "--actor-lr", "1e-3", "--critic-lr", "1e-3",
                       "--eval-frequency", "3500", "--eval-episodes", "100", "--save-model", "--run-dir",
@@ -459,5 +460,5 @@ def test_som_learns_the_bandit_with_one_step_sampling(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (model,) = list(tmp_path.glob("*/som.pt"))
     policy, _ = som.load_policy(str(model), num_candidates=1)
-    reward = common.MultimodalBandit.reward(policy(torch.zeros(2000, 1)).numpy()).mean()
+    reward = bandit.MultimodalBandit.reward(policy(torch.zeros(2000, 1)).numpy()).mean()
     assert reward > 0.2, f"one-step mean reward {reward:.3f} (uniform random: 0.056)"

@@ -10,6 +10,7 @@ import pytest
 from helpers import ROOT, run_script, script_env
 
 import common
+from scripts import bandit
 
 # A Hopper-v4 run of seconds: random actions for 200 transitions, then 100 with tiny networks and a short sampler.
 TINY_HOPPER = ["--env-id", "Hopper-v4", "--num-envs", "1", "--learning-starts", "200", "--total-timesteps", "300",
@@ -58,10 +59,10 @@ def test_the_backend_probe_accepts_what_this_machine_renders_with():
 
 def test_an_env_that_cannot_render_stops_with_one_sentence(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        common.make_video_env("MultimodalBandit-v0", str(tmp_path / "videos"))
+        common.make_video_env(bandit.ENV_ID, str(tmp_path / "videos"))
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: could not render MultimodalBandit-v0")
+    assert len(err) == 1 and err[0].startswith("error: could not render scripts.bandit:MultimodalBandit-v0")
 
 
 # -------------------------------------------------------------------------------------------------- real videos
