@@ -225,6 +225,48 @@ class _FixedCritic(nn.Module):
         return torch.stack([q1, q1 - 0.1 * actions[..., 0]])
 
 
+def _plain_mlp(first_weights, first_bias, hidden, out):
+    """An MLP with Mish on the concatenated input, from (in, out)-shaped weights: the reference for the split layers."""
+
+    def forward(x):
+        h = nn.functional.mish(x @ torch.cat(first_weights, dim=0) + first_bias)
+        for w, b in hidden:
+            h = nn.functional.mish(h @ w + b)
+        return h @ out[0] + out[1]
+
+    return forward
+
+
+def test_networks_with_a_split_first_layer_equal_plain_mlps_on_the_concatenated_input():
+    """TwinCritic is two independent MLPs on [s, a], MeanFlowActor one MLP on [s, a, emb(t), emb(t - r)]; the state's
+    share of the first layer is computed once for all N candidates of a state, and the result is the same."""
+    torch.manual_seed(0)
+    critic, actor = som.TwinCritic(3, 2, 8, 3), som.MeanFlowActor(3, 2, 8, 3)
+    obs, actions = torch.randn(5, 3), torch.rand(4, 5, 2) * 2 - 1  # 4 candidates for each of 5 states
+    with torch.no_grad():
+        q = critic(obs, actions)  # (2, 4, 5)
+        for j in range(2):
+            plain = _plain_mlp([critic.obs_in.weight[j], critic.action_in.weight[j]], critic.obs_in.bias[j],
+                               [(layer.weight[j], layer.bias[j]) for layer in critic.hidden],
+                               (critic.out.weight[j], critic.out.bias[j]))  # fmt: skip
+            torch.testing.assert_close(q[j], plain(torch.cat([obs.expand(4, 5, 3), actions], -1)).squeeze(-1))
+        r, t = torch.rand(4, 5, 1) * 0.5, 0.5 + torch.rand(4, 5, 1) * 0.5
+        times = torch.cat([som.time_embedding(t), som.time_embedding(t - r)], -1)
+        plain = _plain_mlp(
+            [actor.obs_in.weight.T, actor.action_in.weight.T, actor.time_in.weight.T],
+            actor.obs_in.bias,
+            [(layer.weight.T, layer.bias) for layer in actor.hidden],
+            (actor.out.weight.T, actor.out.bias),
+        )
+        torch.testing.assert_close(
+            actor(obs, actions, r, t), plain(torch.cat([obs.expand(4, 5, 3), actions, times], -1))
+        )
+    # initialised as one nn.Linear on the concatenation: every first-layer weight within 1 / sqrt(S + A (+ 32))
+    critic_bound, actor_bound = 1 / math.sqrt(3 + 2), 1 / math.sqrt(3 + 2 + 32)
+    assert critic.action_in.weight.abs().max() <= critic_bound and actor.time_in.weight.abs().max() <= actor_bound
+    assert critic.action_in.weight.abs().max() > 0.8 * critic_bound
+
+
 def test_one_step_sampling_shapes_bounds_and_best_of_n():
     actor = som.MeanFlowActor(3, 2, 32, 2)
     obs = torch.randn(5, 3)
