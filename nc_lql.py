@@ -90,7 +90,7 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
     lql_steps: int = 20
     """LQL: Langevin steps per action (the release's NC-LQL also takes 20 = L x T gradient steps)"""
     lql_step_size: float = 1e-3
-    """LQL: constant step size eps [our choice, README "LQL's step size"]"""
+    """LQL: constant step size eps [ours, docs/nc_lql.md "LQL's step size"]"""
 
 
 # ==== Noise levels and step sizes ====================================================================================

@@ -45,7 +45,7 @@ PYTHON=${PYTHON:-python}
 [ "$SET" = release ] || [ "$SET" = long ] || [ "$SET" = vs_sac ] || [ "$SET" = screen ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
 
 # The quick set's budgets per (script, env): what was run for docs/results.md on 2 CPU cores. SOM's Pendulum-v1 and
-# Hopper-v4 runs used the replay fit (noised replay actions, no distillation); Hopper-v4:now is the Boltzmann fit,
+# Hopper-v4 runs used the replay fit (noised replay actions, no distillation); Hopper-v4:boltzmann is the Boltzmann fit,
 # compiled. Every SOM line names its actor fit, so the commands stay those of the recorded runs.
 REPLAY_FIT="--actor-points replay --distill-rows 0"
 BOLTZMANN_FIT="--actor-points boltzmann --distill-rows 64"  # Boltzmann draws as training points, one-step distillation
@@ -55,7 +55,7 @@ budget() {
     som/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 15000 --log-frequency 500 $REPLAY_FIT" ;;
     nc_lql/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 12000 --eval-frequency 2000 --log-frequency 500" ;;
     som/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 $REPLAY_FIT" ;;
-    som/Hopper-v4:now) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 --compile --exp-name som_fit_check $BOLTZMANN_FIT" ;;
+    som/Hopper-v4:boltzmann) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 --compile --exp-name som_fit_check $BOLTZMANN_FIT" ;;
     nc_lql/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 30000 --eval-frequency 2500 --log-frequency 1000" ;;
   esac
 }
@@ -75,8 +75,8 @@ commands() {
     echo "$probe --updates 12000 --set distill_rows=0 --sweep actor_points=replay,boltzmann"
     echo "$probe --updates 12000 --set actor_points=boltzmann distill_rows=64 --sweep distill_steps=8"
     local bandit="--env-id scripts.bandit:MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --total-timesteps 3000"
-    echo "$PYTHON som.py $bandit --num-candidates 1 --compile $BOLTZMANN_FIT --exp-name bandit_new_default"
-    echo "$PYTHON som.py $bandit --num-candidates 1 --compile --actor-points replay --distill-rows 0 --exp-name bandit_old_default"
+    echo "$PYTHON som.py $bandit --num-candidates 1 --compile $BOLTZMANN_FIT --exp-name bandit_boltzmann_fit"
+    echo "$PYTHON som.py $bandit --num-candidates 1 --compile --actor-points replay --distill-rows 0 --exp-name bandit_replay_fit"
     # the bandit figure (docs/results.md): SOM with the replay fit, NC-LQL; then LQL's step-size sweep
     local small="--env-id scripts.bandit:MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --batch-size 64 --hidden-dim 64"
     echo "$PYTHON som.py $small --total-timesteps 3500 --num-mc-samples 32 --num-candidates 1 --actor-lr 1e-3 --critic-lr 1e-3 --eval-frequency 3500 --eval-episodes 100 --save-model $REPLAY_FIT"
@@ -163,7 +163,7 @@ commands() {
   if [ "$SET" = quick ]; then
     # CPU-sized (docs/results.md): one env, short warm-up, K = 16 and N = 1 for SOM's TD target, lr 3e-4.
     local cpu="--num-envs 1 --eval-episodes 10 --critic-lr 3e-4"
-    som_envs="Pendulum-v1 Hopper-v4 Hopper-v4:now"
+    som_envs="Pendulum-v1 Hopper-v4 Hopper-v4:boltzmann"
     nc_envs="Pendulum-v1 Hopper-v4"
     som_extra="$cpu --num-mc-samples 16 --num-target-candidates 1 --actor-lr 3e-4 --eval-frequency 2500"
     nc_extra="$cpu"

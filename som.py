@@ -92,7 +92,7 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
     beta_max: float = 20.0
     """[third-party] VP schedule: beta(1)"""
     alpha: float = 0.1
-    """[ours] Boltzmann temperature on the normalised Q values (see --q-norm), chosen by a sweep (docs/som.md)"""
+    """[ours] Boltzmann temperature on the normalised Q (see --q-norm), chosen by a sweep (docs/som_studies.md)"""
     score_estimator: Literal["tweedie", "idem"] = "tweedie"
     """[ours] tweedie: posterior-mean score (mu E_w[a0] - a_t) / sigma^2 with box-truncated proposals; idem: the
     gradient of logsumexp_k Q(a0_k) / alpha through untruncated proposals (the form a third party reports)"""

@@ -54,8 +54,8 @@ def _exact_gaussian_score(noised, t, center, alpha):
 def test_score_estimate_matches_exact_gaussian_score(estimator, alpha, t_value):
     # For tweedie the Boltzmann density lives on the box: alpha = 0.01 (std 0.1) keeps it 7 std inside, so the
     # untruncated Gaussian answer is exact to many digits. The idem form is only checked where it is usable: its
-    # error grows to 28% at t = 0.5 and 340% at t = 0.7 even with K = 20,000 (README), which is why it is not
-    # the default.
+    # error grows to 28% at t = 0.5 and 340% at t = 0.7 even with K = 20,000 (docs/som_studies.md), which is why it is
+    # not the default.
     torch.manual_seed(0)
     batch, dim = 64, 2
     center = torch.tensor([0.2, -0.1])
