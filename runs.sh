@@ -46,16 +46,18 @@ PYTHON=${PYTHON:-python}
 
 # The quick set's budgets per (script, env): what was run for docs/results.md on 2 CPU cores. SOM's Pendulum-v1 and
 # Hopper-v4 runs used the replay fit (noised replay actions, no distillation); Hopper-v4:boltzmann is the Boltzmann fit,
-# compiled. Every SOM line names its actor fit, so the commands stay those of the recorded runs.
+# compiled. Every SOM line names its actor fit and how it collected data, so the commands stay those of the recorded
+# runs: those with N = 32 collected with best-of-32 acting (BEST_OF_32_DATA), the paper set uses the defaults.
 REPLAY_FIT="--actor-points replay --distill-rows 0"
 BOLTZMANN_FIT="--actor-points boltzmann --distill-rows 64"  # Boltzmann draws as training points, one-step distillation
+BEST_OF_32_DATA="--num-collect-candidates 32"
 budget() {
   [ "$SET" = quick ] || return 0
   case "$1/$2" in
-    som/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 15000 --log-frequency 500 $REPLAY_FIT" ;;
+    som/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 15000 --log-frequency 500 $REPLAY_FIT $BEST_OF_32_DATA" ;;
     nc_lql/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 12000 --eval-frequency 2000 --log-frequency 500" ;;
-    som/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 $REPLAY_FIT" ;;
-    som/Hopper-v4:boltzmann) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 --compile --exp-name som_fit_check $BOLTZMANN_FIT" ;;
+    som/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 $REPLAY_FIT $BEST_OF_32_DATA" ;;
+    som/Hopper-v4:boltzmann) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 --compile --exp-name som_fit_check $BOLTZMANN_FIT $BEST_OF_32_DATA" ;;
     nc_lql/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 30000 --eval-frequency 2500 --log-frequency 1000" ;;
   esac
 }
@@ -86,7 +88,7 @@ commands() {
     done
     # SOM's alpha on Hopper-v4 at the CPU settings, 17,500 steps (docs/som_studies.md; 0.1 is the quick run)
     for a in 0.03 0.3; do
-      echo "$PYTHON som.py --env-id Hopper-v4 --seed 1 --num-envs 1 --eval-episodes 10 --critic-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --actor-lr 3e-4 --eval-frequency 2500 --learning-starts 5000 --total-timesteps 17500 --alpha $a $REPLAY_FIT"
+      echo "$PYTHON som.py --env-id Hopper-v4 --seed 1 --num-envs 1 --eval-episodes 10 --critic-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --actor-lr 3e-4 --eval-frequency 2500 --learning-starts 5000 --total-timesteps 17500 --alpha $a $REPLAY_FIT $BEST_OF_32_DATA"
     done
     return
   fi
@@ -97,7 +99,7 @@ commands() {
       for seed in ${SEEDS:-100}; do
         for algo in nc_lql som; do
           if [ -z "$ONLY" ] || [ "$ONLY" = $algo ]; then
-            echo "$PYTHON $algo.py --env-id $env --seed $seed $common --exp-name ${algo}_long$([ $algo = som ] && echo " $BOLTZMANN_FIT")"
+            echo "$PYTHON $algo.py --env-id $env --seed $seed $common --exp-name ${algo}_long$([ $algo = som ] && echo " $BOLTZMANN_FIT $BEST_OF_32_DATA")"
           fi
         done
       done
@@ -108,10 +110,10 @@ commands() {
     local cpu="--env-id HalfCheetah-v4 --seed 1 --num-envs 1 --learning-starts 5000 --batch-size 256 --critic-lr 3e-4"
     cpu="$cpu --eval-frequency 2500 --eval-episodes 5 --compile --checkpoint-frequency 10000 --checkpoint-buffer"
     cpu="$cpu --actor-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --total-timesteps 20000"
-    echo "$PYTHON som.py $cpu $BOLTZMANN_FIT --exp-name som_vs_sac"
-    echo "$PYTHON som.py $cpu $REPLAY_FIT --exp-name som_screen_replay"
-    echo "$PYTHON som.py $cpu --actor-points replay --distill-rows 64 --exp-name som_screen_replay_distill"
-    echo "$PYTHON som.py $cpu $BOLTZMANN_FIT --alpha 0.05 --exp-name som_screen_alpha005"
+    echo "$PYTHON som.py $cpu $BOLTZMANN_FIT $BEST_OF_32_DATA --exp-name som_vs_sac"
+    echo "$PYTHON som.py $cpu $REPLAY_FIT $BEST_OF_32_DATA --exp-name som_screen_replay"
+    echo "$PYTHON som.py $cpu --actor-points replay --distill-rows 64 $BEST_OF_32_DATA --exp-name som_screen_replay_distill"
+    echo "$PYTHON som.py $cpu $BOLTZMANN_FIT --alpha 0.05 $BEST_OF_32_DATA --exp-name som_screen_alpha005"
     echo "$PYTHON som.py $cpu $BOLTZMANN_FIT --num-collect-candidates 1 --exp-name som_screen_collect1"
     return
   fi
@@ -122,8 +124,8 @@ commands() {
       for seed in ${SEEDS:-1 2}; do
         if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then  # the two actor fits, and the replay fit collecting with N = 1
           local som="$PYTHON som.py --env-id $env --seed $seed $cpu --actor-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1"
-          echo "$som $REPLAY_FIT --exp-name som_vs_sac_replay"
-          echo "$som $BOLTZMANN_FIT --exp-name som_vs_sac"
+          echo "$som $REPLAY_FIT $BEST_OF_32_DATA --exp-name som_vs_sac_replay"
+          echo "$som $BOLTZMANN_FIT $BEST_OF_32_DATA --exp-name som_vs_sac"
           echo "$som $REPLAY_FIT --num-collect-candidates 1 --exp-name som_vs_sac_replay_collect1"
         fi
         if [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; then
@@ -145,9 +147,9 @@ commands() {
       fi
       if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
         echo "$PYTHON som.py $common --total-timesteps 90000 --seed $seed --exp-name som_protocol --save-model $keep" \
-          "$BOLTZMANN_FIT"
+          "$BOLTZMANN_FIT $BEST_OF_32_DATA"
         echo "$PYTHON som.py $common --total-timesteps 90000 --seed $seed --exp-name som_protocol_first_fit" \
-          "--save-model $REPLAY_FIT"
+          "--save-model $REPLAY_FIT $BEST_OF_32_DATA"
       fi
     done
     # NC-LQL's second seed, run on to 150,000 transitions: its first 90,000 are the side-by-side's second seed (nothing

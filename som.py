@@ -10,9 +10,9 @@ carries Gaussian noise at t = 1 to pi* at t = 0. SOM estimates score_t from the 
 (section 1), turns it into v (section 2) and fits a MeanFlow network u(s, a, r, t), the AVERAGE velocity over
 [r, t], with the MeanFlow identity (section 3)
     u(s, a_t, r, t) = v(a_t, t) - (t - r) d/dt u(s, a_t, r, t).
-One network evaluation maps noise to an action, a = eps - u(s, eps, 0, 1) (section 4). Acting keeps the best of N
-such candidates by the twin critics (N = 1: the pure one-step policy); the critics learn a TD target without an
-entropy term (section 5).
+One network evaluation maps noise to an action, a = eps - u(s, eps, 0, 1) (section 4). Data is collected with one
+such action per state, so the policy's own noise explores; evaluation keeps the best of N candidates by the twin
+critics and also reports N = 1; the critics learn a TD target without an entropy term (section 5).
 
 Only the abstract is public and there is no released code. From the paper: the MeanFlow actor, the Boltzmann target,
 an iDEM-style Monte-Carlo score from Q, the PF-ODE velocity, best-of-N; from a third party's report, K = 100 and
@@ -107,9 +107,9 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
     """[paper] N: one-step candidates per decision, the best by min(Q1, Q2) taken (1: the one-step policy); [ours] 32"""
     num_target_candidates: Optional[int] = None
     """[ours] N for the next action a' of the TD target (default: --num-candidates)"""
-    num_collect_candidates: Optional[int] = None
-    """[ours] N while collecting data (default: --num-candidates); 1: the policy's own noise explores, as SAC's does.
-    Evaluation always reports best-of---num-candidates, N = 1 and zero noise"""
+    num_collect_candidates: Optional[int] = 1
+    """[third-party] N while collecting data: 1, one one-step sample, the policy's own noise explores as SAC's does
+    (None: --num-candidates). Evaluation always reports best-of---num-candidates, N = 1 and zero noise"""
     flow_matching_fraction: float = 0.25
     """[ours] fraction of actor rows with r = t (plain flow matching, as MeanFlow does); else r ~ U[0, t]"""
     distill_rows: int = 0
@@ -613,7 +613,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     last_return, update_info = None, {}
     with run.stop_on_non_finite():
         while step["global_step"] < args.total_timesteps:
-            # ---- act: uniform warm-up, then the best of N (--num-collect-candidates) one-step candidates ----
+            # ---- act: uniform warm-up, then one one-step sample (best of --num-collect-candidates if > 1) ----
             if step["global_step"] < args.learning_starts:
                 actions = envs.action_space.sample()
             else:

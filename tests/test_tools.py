@@ -48,6 +48,19 @@ def test_quick_set_and_only_filter():
                     ("Hopper-v4", "boltzmann", 64, True)}  # fmt: skip
 
 
+def test_recorded_som_runs_collect_data_as_they_were_run():
+    """The runs of docs/ collected data with the acting N (best of --num-candidates): each of their lines says so,
+    except the runs that collected with N = 1 by name."""
+    for run_set in ("quick", "release", "long", "probe", "screen", "vs_sac"):
+        for line in _dry(run_set, "--only", "som"):
+            argv = shlex.split(line)
+            if argv[1] != "som.py":
+                continue
+            args = tyro.cli(som.Args, args=argv[2:])
+            expected = 1 if "collect1" in args.exp_name else args.num_candidates
+            assert args.num_collect_candidates == expected, line
+
+
 def test_release_set_is_the_readme_side_by_side_runs():
     lines = _dry("release")
     assert [shlex.split(x)[1] for x in lines] == ["nc_lql.py", "som.py", "som.py", "nc_lql.py"]
@@ -87,8 +100,8 @@ def test_screen_set_is_five_som_candidates_at_the_cpu_settings():
     parsed = [tyro.cli(som.Args, args=shlex.split(line)[2:]) for line in lines]
     assert len(parsed) == 5 and {a.total_timesteps for a in parsed} == {20_000} and {a.seed for a in parsed} == {1}
     fits = {(a.actor_points, a.distill_rows, a.alpha, a.num_collect_candidates) for a in parsed}
-    assert fits == {("boltzmann", 64, 0.1, None), ("replay", 0, 0.1, None), ("replay", 64, 0.1, None),
-                    ("boltzmann", 64, 0.05, None), ("boltzmann", 64, 0.1, 1)}  # fmt: skip
+    assert fits == {("boltzmann", 64, 0.1, 32), ("replay", 0, 0.1, 32), ("replay", 64, 0.1, 32),
+                    ("boltzmann", 64, 0.05, 32), ("boltzmann", 64, 0.1, 1)}  # fmt: skip
 
 
 def test_vs_sac_set_is_som_nc_lql_and_sac_on_two_tasks_and_two_seeds():
@@ -113,7 +126,7 @@ def test_vs_sac_set_is_som_nc_lql_and_sac_on_two_tasks_and_two_seeds():
     assert (
         len(runs) == 20 and {r[1] for r in runs} == {"HalfCheetah-v4", "Hopper-v4"} and {r[2] for r in runs} == {1, 2}
     )
-    assert {r[3] for r in runs if r[0] == "som.py"} == {("replay", 0, None), ("boltzmann", 64, None), ("replay", 0, 1)}
+    assert {r[3] for r in runs if r[0] == "som.py"} == {("replay", 0, 32), ("boltzmann", 64, 32), ("replay", 0, 1)}
 
 
 def test_slurm_writes_one_array_task_per_command(tmp_path):
