@@ -119,6 +119,8 @@ def main() -> None:
     actor_sizes = [A + 32, h, h, h, A]  # the state's share is computed once per state, not per candidate
     critic_sizes = [A, h, h, h, 1]
 
+    batch = (torch.randn(B, S), torch.rand(B, A) * 2 - 1, torch.randn(B), torch.randn(B, S), torch.zeros(B))
+
     # ---------------------------------------------------------------------------------------------------- SOM
     if cli.only != "nc_lql":
         args = som.Args(batch_size=B, num_mc_samples=K, num_candidates=N, num_target_candidates=N)
@@ -126,7 +128,6 @@ def main() -> None:
         critic_target = som.build_networks(args, S, A, cpu)[1]
         actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-4)
         critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-4)
-        batch = (torch.randn(B, S), torch.rand(B, A) * 2 - 1, torch.randn(B), torch.randn(B, S), torch.zeros(B))
         one_obs = torch.randn(1, S)
         for n in (1, N):
             with torch.no_grad():
