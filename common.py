@@ -1,6 +1,6 @@
 """Plumbing shared by som.py and nc_lql.py: run flags and their checks, environments, evaluation, videos, logging,
-progress, checkpoints and resume. Nothing algorithmic lives here (no network, loss, sampler or update rule): copy
-this file next to one of the scripts to use that script in another codebase.
+checkpoints and the loop's bookkeeping. Nothing algorithmic lives here (no network, loss, sampler or update rule):
+copy this file next to one of the scripts to use that script in another codebase.
 """
 
 from __future__ import annotations
@@ -82,8 +82,7 @@ def flag(name: str) -> str:
 
 def require_flag(args, name: str, valid: bool, what: str) -> None:
     """`--tau must be in (0, 1], got 0.0.` unless `valid`; every numeric flag must also be finite."""
-    value = getattr(args, name)
-    infinite = math.isinf(value)
+    value, infinite = getattr(args, name), math.isinf(getattr(args, name))
     require(valid and not infinite, f"{flag(name)} must be {'a finite number' if infinite else what}, got {value}.")
 
 
@@ -111,8 +110,8 @@ OUT_OF_DATE = ".*The environment \\S+ is out of date"  # gymnasium's warning for
 
 
 def validate_env_id(env_id: str) -> None:
-    """The env id must be registered and have bounded Box actions. gymnasium's "out of date" warning for the papers'
-    MuJoCo -v4 ids becomes one plain note, then is silenced for the rest of the process."""
+    """A registered id with bounded Box actions; gymnasium's "out of date" warning for the papers' -v4 ids becomes one
+    plain note, then is silenced for the rest of the process."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -123,13 +122,13 @@ def validate_env_id(env_id: str) -> None:
         raise UserInputError(f"unknown environment id {env_id!r} ({str(exc).rstrip('.')}).") from None
     space = env.action_space
     env.close()
-    for warning in caught:
-        if re.match(OUT_OF_DATE, str(warning.message)):
+    for w in caught:
+        if re.match(OUT_OF_DATE, str(w.message)):
             print(f"note: {env_id} is not the newest version of this environment; the papers' protocol uses the "
                   "MuJoCo -v4 ids on purpose.", flush=True)  # fmt: skip
             warnings.filterwarnings("ignore", message=OUT_OF_DATE)
         else:
-            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     require(isinstance(space, gym.spaces.Box), f"{env_id} has a {type(space).__name__} action space; this "
             "algorithm needs continuous (Box) actions.")  # fmt: skip
     require(bool(np.isfinite(space.low).all() and np.isfinite(space.high).all()),
@@ -152,12 +151,12 @@ def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
     torch.backends.cudnn.deterministic = torch_deterministic
 
 
-# ---------------------------------------------------------------- environments (gymnasium 1.x)
+# ---------------------------------------------------------------- environments (gymnasium 1.x) and evaluation
 
 
 def make_env(env_id: str, seed: int, capture_video_dir: Optional[str] = None) -> Callable[[], gym.Env]:
-    """A thunk for the vector env: raw episode returns recorded, actions rescaled to [-1, 1]; with
-    `capture_video_dir`, gymnasium's episodes 0, 1, 8, 27, ... are written there (make_video_env)."""
+    """A thunk: raw episode returns recorded, actions rescaled to [-1, 1], videos of gymnasium's episodes 0, 1, 8,
+    27, ... in `capture_video_dir` if given."""
 
     def thunk():
         env = make_video_env(env_id, capture_video_dir) if capture_video_dir else gym.make(env_id)
@@ -171,8 +170,8 @@ def make_env(env_id: str, seed: int, capture_video_dir: Optional[str] = None) ->
 
 
 def make_vector_env(env_id: str, num_envs: int, seed: int, capture_video_dir: Optional[str] = None):
-    """`num_envs` copies in a SyncVectorEnv with same-step autoreset: the observation returned when an episode ends
-    is already the reset one, the true last one is in infos["final_obs"], and every step is a real transition."""
+    """A SyncVectorEnv with same-step autoreset: the observation returned when an episode ends is already the reset
+    one, the true last one is in infos["final_obs"], and every step is a real transition."""
     thunks = [make_env(env_id, seed + i, capture_video_dir if i == 0 else None) for i in range(num_envs)]
     envs = gym.vector.SyncVectorEnv(thunks, autoreset_mode=AutoresetMode.SAME_STEP)
     envs.action_space.seed(seed)
@@ -198,8 +197,8 @@ def finished_episodes(infos: dict) -> list[tuple[float, int]]:
 
 
 def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, num_episodes: int, seed: int, device):
-    """`num_episodes` episodes as one batch, one policy call per step (policy: (E, obs_dim) tensor -> actions in
-    [-1, 1]); each sub-env plays exactly one episode. Returns (returns, lengths)."""
+    """One episode in each of `num_episodes` sub-envs, one policy call per step (obs (E, S) tensor -> actions in
+    [-1, 1]). Returns (returns, lengths)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=OUT_OF_DATE)
         envs = gym.vector.SyncVectorEnv([make_env(env_id, seed + i) for i in range(num_episodes)])
@@ -219,15 +218,10 @@ def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, num_ep
 
 # ---------------------------------------------------------------- videos: offscreen MuJoCo (EGL, else OSMesa)
 
-NO_RENDERER_HINT = (
-    "for MuJoCo without a screen install Mesa's EGL (Debian/Ubuntu: apt-get install libegl1 libegl-mesa0 "
-    "libgl1-mesa-dri) or OSMesa (apt-get install libosmesa6), or set MUJOCO_GL to a backend that works here"
-)
-
 
 def _gl_backend_works(backend: str) -> bool:
-    """Whether MuJoCo can open an offscreen context with `backend`, tried in a child process: a failed try would
-    leave PyOpenGL bound to that platform in this one."""
+    """Whether MuJoCo opens an offscreen context with `backend`, tried in a child process (a failed try would leave
+    PyOpenGL bound to that platform in this one)."""
     probe = f"from mujoco.{backend} import GLContext\nc = GLContext(16, 16)\nc.make_current()\nc.free()"
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         return subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, MUJOCO_GL=backend), timeout=120,
@@ -236,21 +230,20 @@ def _gl_backend_works(backend: str) -> bool:
 
 
 def pick_offscreen_gl() -> Optional[str]:
-    """On Linux without a screen and with MUJOCO_GL unset, set it to EGL if that works, else OSMesa (gymnasium reads
-    it when an env first renders). Returns MUJOCO_GL afterwards (None: unset)."""
+    """On Linux without a screen and with MUJOCO_GL unset, set it to EGL if that works, else OSMesa. Returns
+    MUJOCO_GL afterwards (None: unset)."""
     headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    if not os.environ.get("MUJOCO_GL") and headless:
-        for backend in ("egl", "osmesa"):
-            if _gl_backend_works(backend):
-                os.environ["MUJOCO_GL"] = backend
-                break
+    if headless and not os.environ.get("MUJOCO_GL"):
+        working = next((b for b in ("egl", "osmesa") if _gl_backend_works(b)), None)  # EGL is not tried twice
+        if working:
+            os.environ["MUJOCO_GL"] = working
     return os.environ.get("MUJOCO_GL") or None
 
 
 def make_video_env(env_id: str, folder: str, episode_trigger: Optional[Callable[[int], bool]] = None,
                    name_prefix: str = "rl-video") -> gym.Env:  # fmt: skip
-    """`env_id` in gymnasium's RecordVideo (folder/name_prefix-episode-K.mp4, episodes picked by `episode_trigger`).
-    One frame is rendered here, so a missing renderer or video writer stops with one sentence, not mid-run."""
+    """`env_id` in gymnasium's RecordVideo. One frame is rendered here, so a missing renderer or video writer stops
+    with one sentence, not mid-run."""
     backend = pick_offscreen_gl()
     try:
         import moviepy  # noqa: F401  (RecordVideo's writer)
@@ -268,8 +261,10 @@ def make_video_env(env_id: str, folder: str, episode_trigger: Optional[Callable[
         mujoco = env is not None and "mujoco" in type(env.unwrapped).__module__
         with contextlib.suppress(Exception):
             env.close()
+        hint = (f"; MUJOCO_GL={backend or '(unset)'}: for MuJoCo without a screen install Mesa's EGL (Debian/Ubuntu: "
+                "apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri) or OSMesa (apt-get install libosmesa6), or set "
+                "MUJOCO_GL to a backend that works here" if mujoco else "")  # fmt: skip
         reason = (str(exc).strip().splitlines() or [""])[0]
-        hint = f"; MUJOCO_GL={backend or '(unset)'}: {NO_RENDERER_HINT}" if mujoco else ""
         raise UserInputError(f"could not render {env_id} ({type(exc).__name__}: {reason}){hint}.") from None
     return gym.wrappers.RecordVideo(env, folder, episode_trigger, name_prefix=name_prefix, disable_logger=True)
 
@@ -278,10 +273,9 @@ def make_video_env(env_id: str, folder: str, episode_trigger: Optional[Callable[
 
 
 def mish(x: torch.Tensor) -> torch.Tensor:
-    """Mish(x) = x tanh(softplus(x)), the activation of the authors' NC-LQL release. Eager: torch's kernel. Compiled:
-    tanh(softplus(x)) = n (n + 2) / (n (n + 2) + 2), n = e^x (x clamped at 20, where the ratio is 1 in float32), one
-    exp that inductor fuses into its neighbours; torch's lowering was 1.7x slower here (docs/speed.md). They agree to
-    2e-6 (tests/test_compile.py)."""
+    """Mish(x) = x tanh(softplus(x)), the NC-LQL release's activation. Compiled: tanh(softplus(x)) = p / (p + 2),
+    p = n (n + 2), n = e^x (x clamped at 20, where the ratio is 1 in float32): one exp that inductor fuses, 1.7x
+    faster than torch's lowering here (docs/speed.md); equal to torch's kernel to 2e-6 (tests/test_compile.py)."""
     if torch.compiler.is_compiling():
         n = torch.exp(x.clamp(max=20.0))
         p = n * (n + 2.0)
@@ -290,12 +284,10 @@ def mish(x: torch.Tensor) -> torch.Tensor:
 
 
 def compile_hot(fn: Callable, device: torch.device) -> Callable:
-    """torch.compile on one hot function (LeanRL's pattern), one graph per input shape (dynamic=False).
-    realize_opcount_threshold=8: otherwise inductor inlines Mish's derivative into the reductions of a one-row input
-    gradient and recomputes it 256 times (2.9 -> 1.9 ms per NC-LQL action). CUDA: CUDA graphs; CPU: a C++ wrapper
-    calls the kernels (1.9 -> 1.3 ms per NC-LQL action on one thread)."""
-    options = {"realize_opcount_threshold": 8}
-    options["triton.cudagraphs" if device.type == "cuda" else "cpp_wrapper"] = True
+    """torch.compile on one hot function (LeanRL's pattern), one graph per input shape. realize_opcount_threshold=8
+    stops inductor recomputing Mish's derivative inside the reductions of a one-row input gradient (2.9 -> 1.9 ms
+    per NC-LQL action); CUDA graphs on the GPU, a C++ wrapper on the CPU (1.9 -> 1.3 ms, one thread)."""
+    options = {"realize_opcount_threshold": 8, "triton.cudagraphs" if device.type == "cuda" else "cpp_wrapper": True}
     return torch.compile(fn, dynamic=False, options=options)
 
 
@@ -323,14 +315,14 @@ class Logger:
             os.remove(os.path.join(run_dir, ".write_test"))
         except OSError as exc:
             raise UserInputError(f"cannot write the run directory {run_dir!r} ({exc.strerror}).") from None
-        if track:
-            try:
+        try:
+            if track:
                 start_wandb(run_dir, args, project, entity, resume_step is not None)
-            except UserInputError:
-                if created:  # leave nothing behind for a run that never started
-                    with contextlib.suppress(OSError):
-                        os.rmdir(run_dir)
-                raise
+        except UserInputError:
+            if created:  # leave nothing behind for a run that never started
+                with contextlib.suppress(OSError):
+                    os.rmdir(run_dir)
+            raise
         self.last_values: dict = {}  # the last finite value of each tag, for the NaN message
         self.writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
         table = "\n".join(f"|{k}|{v}|" for k, v in {**vars(args), "commit": source_commit()}.items())
@@ -387,24 +379,20 @@ class _Lines:
     """A stream for tqdm off a terminal (a log file, Slurm's output): each redraw becomes one plain line."""
 
     def __init__(self, stream):
-        self.stream = stream
+        self.stream, self.flush = stream, stream.flush
 
     def write(self, text: str) -> None:
         if text.strip():
             print(text.replace("\r", "").strip(), file=self.stream, flush=True)
 
-    def flush(self) -> None:
-        self.stream.flush()
-
 
 class Progress:
-    """A tqdm bar for each phase of a run, the uniform warm-up and then training, each with its own smoothed rate
-    and ETA (steps before a --resume do not count). On a terminal it redraws twice a second; elsewhere it prints one
-    plain line a minute."""
+    """tqdm's bar for each phase of a run, the uniform warm-up and then training, each with its own smoothed rate and
+    ETA (steps before a --resume do not count). On a terminal it redraws twice a second; elsewhere (a log file) it
+    prints one plain line a minute."""
 
     def __init__(self, total_steps: int, learning_starts: int, start_step: int = 0, stream=None):
-        self.total, self.learning_starts = total_steps, learning_starts
-        self.stream = stream or sys.stdout
+        self.total, self.learning_starts, self.stream = total_steps, learning_starts, stream or sys.stdout
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.bar = self._bar(start_step)
 
@@ -412,8 +400,8 @@ class Progress:
         warmup = step < self.learning_starts
         return tqdm(total=self.learning_starts if warmup else self.total, initial=step, unit=" steps",
                     desc="warm-up" if warmup else "training", file=self.stream if self.tty else _Lines(self.stream),
-                    mininterval=0.5 if self.tty else 60.0, miniters=1, smoothing=0.5, dynamic_ncols=self.tty,
-                    ascii=not self.tty)  # fmt: skip
+                    mininterval=0.5 if self.tty else 60.0, smoothing=0.5, dynamic_ncols=self.tty, ascii=not self.tty,
+                    miniters=1)  # fmt: skip
 
     def rate(self) -> float:
         """Steps per second in this phase (tqdm's smoothed rate; 0 before its first measurement)."""
@@ -439,6 +427,7 @@ class Progress:
 # ---------------------------------------------------------------- saved models and checkpoints
 
 FILE_FORMAT = 2  # the layout of saved models and checkpoints; files of another layout are refused
+BUFFER_FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
 
 
 def save_atomic(payload: dict, path: str) -> None:
@@ -447,9 +436,8 @@ def save_atomic(payload: dict, path: str) -> None:
     os.replace(f"{path}.tmp", path)
 
 
-def read_saved(path: str, algorithm: Optional[str] = None, env_id: Optional[str] = None) -> dict:
-    """The dict in a file written by save_atomic, by `algorithm` (and for `env_id`) when given; anything else is
-    one sentence."""
+def read_saved(path: str, algorithm: Optional[str] = None, env_id: Optional[str] = None, checkpoint=False) -> dict:
+    """The dict save_atomic wrote, by `algorithm`, for `env_id`, a checkpoint if asked; else one sentence."""
     require(os.path.isfile(path), f"no such file: {path!r}.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
@@ -461,16 +449,17 @@ def read_saved(path: str, algorithm: Optional[str] = None, env_id: Optional[str]
     version = payload.get("format", 1)
     require(version == FILE_FORMAT, f"{path!r} has file format {version}, written by an older version of this code "
             f"with other network layouts; this version reads format {FILE_FORMAT}.")  # fmt: skip
-    written_by = payload["algorithm"]
+    written_by, saved_env = payload["algorithm"], payload["args"]["env_id"]
     require(algorithm in (None, written_by), f"{path!r} was written by {written_by}, not by {algorithm}.")
-    saved_env = payload["args"]["env_id"]
     require(env_id in (None, saved_env), f"{path!r} was trained on {saved_env}, not {env_id}.")
+    require(not checkpoint or "counters" in payload,
+            f"{path!r} is a saved model, not a checkpoint; pass runs/<run>/checkpoint.pt.")  # fmt: skip
     return payload
 
 
 def load_model(path: str, algorithm: str) -> dict:
-    """A model saved with --save-model, or a checkpoint.pt, as one dict: the networks' state dicts by name, "args",
-    "obs_dim" and "act_dim" (a checkpoint has no sizes: they come from its env)."""
+    """A --save-model file or a checkpoint.pt as one dict: the networks' state dicts by name, "args", "obs_dim" and
+    "act_dim" (a checkpoint's sizes come from its env)."""
     payload = read_saved(path, algorithm)
     if "modules" not in payload:
         return payload
@@ -480,21 +469,9 @@ def load_model(path: str, algorithm: str) -> dict:
             "act_dim": env.action_space.shape[0]}  # fmt: skip
 
 
-BUFFER_FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
-
-
 def chronological_rows(size: int, pos: int, capacity: int) -> torch.Tensor:
     """Indices of a ring buffer's filled rows, oldest first: the newest row is the one just before `pos`."""
     return (pos - size + torch.arange(size)) % capacity
-
-
-def restore_buffer(buffer, saved: dict) -> None:
-    """Put saved rows (oldest first) at the start of `buffer`: the next write follows the newest, `size` covers only
-    written rows, and a smaller capacity keeps the newest."""
-    kept = min(len(saved["obs"]), buffer.capacity)
-    for f in BUFFER_FIELDS:
-        getattr(buffer, f)[:kept] = saved[f][len(saved[f]) - kept :].to(getattr(buffer, f).device)
-    buffer.size, buffer.pos = kept, kept % buffer.capacity
 
 
 def save_checkpoint(path: str, algorithm: str, args, modules: dict, optimizers: dict, counters: dict, envs,
@@ -514,9 +491,9 @@ def save_checkpoint(path: str, algorithm: str, args, modules: dict, optimizers: 
 
 def load_checkpoint(path: str, algorithm: str, env_id: str, modules: dict, optimizers: dict, envs,
                     buffer=None) -> dict:  # fmt: skip
-    """Restore what save_checkpoint wrote into the given objects; returns the counters."""
-    payload = read_saved(path, algorithm, env_id)
-    require("counters" in payload, f"{path!r} is a saved model, not a checkpoint; pass runs/<run>/checkpoint.pt.")
+    """Restore what save_checkpoint wrote into the given objects; returns the counters. Saved buffer rows go to the
+    start of `buffer` (a smaller one keeps the newest): the next write follows the newest, `size` counts only those."""
+    payload = read_saved(path, algorithm, env_id, checkpoint=True)
     for name, m in modules.items():
         m.load_state_dict(payload["modules"][name])
     for name, o in optimizers.items():
@@ -529,7 +506,11 @@ def load_checkpoint(path: str, algorithm: str, env_id: str, modules: dict, optim
         torch.cuda.set_rng_state_all(rng["cuda"])
     envs.action_space.np_random.bit_generator.state = rng["action_space"]
     if buffer is not None and payload["buffer"] is not None:
-        restore_buffer(buffer, payload["buffer"])
+        saved = payload["buffer"]
+        kept = min(len(saved["obs"]), buffer.capacity)
+        for f in BUFFER_FIELDS:
+            getattr(buffer, f)[:kept] = saved[f][len(saved[f]) - kept :].to(getattr(buffer, f).device)
+        buffer.size, buffer.pos = kept, kept % buffer.capacity
     return payload["counters"]
 
 
@@ -545,8 +526,7 @@ def resume_args(args, path: str, algorithm: str, cli: Optional[list[str]] = None
     the checkpoint (another --env-id, --gamma, ...) is refused in one sentence."""
     import tyro
 
-    payload = read_saved(path, algorithm)
-    require("counters" in payload, f"{path!r} is a saved model, not a checkpoint; pass runs/<run>/checkpoint.pt.")
+    payload = read_saved(path, algorithm, checkpoint=True)
     fields = [f.name for f in dataclasses.fields(args)]
     saved = type(args)(**{k: v for k, v in payload["args"].items() if k in fields})  # fields added since: defaults
     merged = tyro.cli(type(args), args=sys.argv[1:] if cli is None else cli, default=saved)
@@ -576,19 +556,25 @@ def check_finite(name: str, value) -> None:
         raise NonFiniteError(name)
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: str) -> torch.Tensor:
+    """One optimiser step on `loss`, checked finite first (a NaN never reaches the weights); returns it detached."""
+    check_finite(name, loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 class Run:
     """The plumbing around one training loop: --resume, logging, progress, when to log / evaluate / checkpoint,
-    SIGINT / SIGTERM (finish the step, checkpoint, exit 0), the NaN stop and the end of the run.
-
-    `counters` is the loop's own dict (global_step, updates, ...): saved in every checkpoint and restored here on
-    --resume with the modules, optimisers, RNG streams and, with --checkpoint-buffer, the buffer."""
+    SIGINT / SIGTERM (finish the step, checkpoint, exit 0), the NaN stop and the end of the run. `counters` is the
+    loop's own dict (global_step, updates, ...), saved in every checkpoint and restored here on --resume."""
 
     def __init__(self, algorithm: str, args, run_dir: str, envs, modules: dict, optimizers: dict, buffer,
                  counters: dict):  # fmt: skip
         self.algorithm, self.args, self.run_dir, self.envs = algorithm, args, run_dir, envs
         self.modules, self.optimizers, self.buffer, self.counters = modules, optimizers, buffer, counters
-        counters.update(global_step=0, updates=0, next_log=args.log_frequency, next_eval=args.eval_frequency,
-                        last_eval=-1, next_checkpoint=args.checkpoint_frequency)  # fmt: skip
+        counters.update(global_step=0, updates=0)
         if args.resume:
             counters.update(load_checkpoint(args.resume, algorithm, args.env_id, modules, optimizers, envs, buffer))
             print(f"resumed from {args.resume} at step {counters['global_step']} with {buffer.size} transitions in "
@@ -596,8 +582,7 @@ class Run:
         self.logger = Logger(self.run_dir, args, args.track, args.wandb_project_name, args.wandb_entity,
                              resume_step=counters["global_step"] if args.resume else None)  # fmt: skip
         print(f"run directory: {self.run_dir}", flush=True)
-        self.checkpoint_path = os.path.join(self.run_dir, "checkpoint.pt")
-        self.signal: Optional[str] = None
+        self.checkpoint_path, self.signal = os.path.join(self.run_dir, "checkpoint.pt"), None
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: setattr(self, "signal", signal.Signals(signum).name))
         self.progress = Progress(args.total_timesteps, args.learning_starts, start_step=counters["global_step"])
@@ -608,8 +593,8 @@ class Run:
 
     def log_episodes(self, infos: dict, last_return: Optional[float]) -> Optional[float]:
         """Log the return and length of each episode that ended on this step; returns the latest return."""
-        for episode_return, episode_length in finished_episodes(infos):
-            self.logger.scalars({"charts/episodic_return": episode_return, "charts/episodic_length": episode_length},
+        for episode_return, length in finished_episodes(infos):
+            self.logger.scalars({"charts/episodic_return": episode_return, "charts/episodic_length": length},
                                 self.counters["global_step"])  # fmt: skip
             last_return = episode_return
         return last_return
@@ -626,33 +611,27 @@ class Run:
             results.append(f"{name} {returns.mean():.1f} +- {returns.std():.1f}")
         self.progress.write(f"eval at {step}: {', '.join(results)}")
 
+    def due(self, every: int) -> bool:
+        """True on the vector step that crosses a multiple of `every` environment transitions."""
+        step = self.counters["global_step"]
+        return step // every > (step - self.args.num_envs) // every
+
     def log_due(self) -> bool:
-        """True every --log-frequency transitions."""
-        if self.counters["global_step"] < self.counters["next_log"]:
-            return False
-        self.counters["next_log"] += self.args.log_frequency
-        return True
+        return self.due(self.args.log_frequency)
 
     def eval_due(self) -> bool:
-        """True every --eval-frequency transitions, and once at the end of the run."""
-        step, c = self.counters["global_step"], self.counters
-        if step < c["next_eval"] and not (step >= self.args.total_timesteps and c["last_eval"] < step):
-            return False
-        c["next_eval"], c["last_eval"] = c["next_eval"] + self.args.eval_frequency, step
-        return True
+        """Every --eval-frequency transitions, and at the last step of the run."""
+        return self.due(self.args.eval_frequency) or self.counters["global_step"] >= self.args.total_timesteps
 
     def checkpoint_and_stop(self) -> bool:
         """Write the checkpoint when one is due or a signal came; True (stop the loop) after a signal."""
-        if self.counters["global_step"] >= self.counters["next_checkpoint"]:
-            self.counters["next_checkpoint"] += self.args.checkpoint_frequency
+        if self.due(self.args.checkpoint_frequency) or self.signal:
             self.write_checkpoint(self.checkpoint_path)
-        if self.signal is None:
-            return False
-        path, step = self.checkpoint_path, self.counters["global_step"]
-        self.write_checkpoint(path)
-        self.progress.write(f"{self.signal} received: stopped at step {step}, checkpoint written to {path} (continue "
-                            f"with --resume {path})")  # fmt: skip
-        return True
+        if self.signal:
+            path, step = self.checkpoint_path, self.counters["global_step"]
+            self.progress.write(f"{self.signal} received: stopped at step {step}, checkpoint written to {path} "
+                                f"(continue with --resume {path})")  # fmt: skip
+        return self.signal is not None
 
     @contextlib.contextmanager
     def stop_on_non_finite(self):

@@ -9,9 +9,7 @@ from the smoothest landscape (global moves) to the sharp one (mode refinement), 
 
 Every default, the network, its initialisation, the sampler and the order of the two critic steps follow the authors'
 released JAX code. Plain LQL (`--lql`) is not in the release: one noise level, no denoising loss, a constant step
-size of our choice (docs/nc_lql.md).
-
-Run:   python nc_lql.py --env-id Hopper-v4 [--compile] [--lql]    (--compile: the same math, compiled; docs/speed.md)
+size of our choice (docs/nc_lql.md). Run: python nc_lql.py --env-id Hopper-v4 [--compile] [--lql]
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn as nn
+import tyro
 
 import common
 
@@ -110,8 +109,7 @@ def langevin_step_sizes(sigmas: list[float], step_lr: float) -> list[float]:
 
 
 def sampler_schedule(args: Args) -> tuple[list[int], list[float]]:
-    """The (network level, step size) of every Langevin step, in order: L x T steps for NC-LQL, or lql_steps
-    steps at level 0 with the constant --lql-step-size for plain LQL."""
+    """The (level, step size) of each Langevin step: L x T steps for NC-LQL; --lql-steps constant steps at level 0."""
     if args.lql:
         return [0] * args.lql_steps, [args.lql_step_size] * args.lql_steps
     eps = langevin_step_sizes(noise_schedule(args.num_levels, args.sigma_max, args.sigma_min), args.step_lr)
@@ -130,9 +128,8 @@ def level_features(level: torch.Tensor, dim: int = 16, base: float = 10_000.0) -
 
 
 class TwinLinear(nn.Module):
-    """The same linear layer of both critics, stored as one (2, in, out) weight so that both run as one batched
-    matmul: x (2, ..., in), or (1, ..., in) for an input both share, -> (2, ..., out). The release's initialisation:
-    weights truncated normal with std 1 / sqrt(fan_in) cut at 2 std, zero biases."""
+    """The same linear layer of both critics as one (2, in, out) weight, one batched matmul: x (2 or 1 if shared, ...,
+    in) -> (2, ..., out). The release's init: weights truncated normal, std 1 / sqrt(fan_in) cut at 2 std, zero bias."""
 
     def __init__(self, in_dim: int, out_dim: int, fan_in: Optional[int] = None, bias: bool = True):
         super().__init__()
@@ -151,13 +148,10 @@ class TwinLinear(nn.Module):
 
 
 class NoiseConditionedTwinCritic(nn.Module):
-    """Q_i(s, a, l) for i = 1, 2 in one batched call: (s (..., S), a (..., A), level (...) int) -> (2, ...).
-
-    Each critic: emb(l) = Linear(16, 32) -> Mish -> Linear(32, 16) on sinusoidal features of l, then an MLP on
-    [s, a, emb(l)] with 3 hidden layers of 256 and Mish, initialised as the release does (TwinLinear). The first
-    layer is applied input by input, W [s, a, e] + b = (W_s s + b) + W_a a + W_e e, so that a Langevin chain can
-    project its fixed state and each level's embedding once (along_chain).
-    """
+    """Q_i(s, a, l), i = 1, 2, in one batched call: (s (..., S), a (..., A), level (...) int) -> (2, ...). Each critic:
+    emb(l) = Linear(16, 32) -> Mish -> Linear(32, 16) on sinusoidal features of l, then an MLP with Mish on
+    [s, a, emb(l)]. Its first layer is applied input by input, W [s, a, e] + b = (W_s s + b) + W_a a + W_e e, so that
+    a Langevin chain projects its fixed state and each level's embedding once (along_chain)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256, num_hidden: int = 3):
         super().__init__()
@@ -207,11 +201,9 @@ class NoiseConditionedTwinCritic(nn.Module):
 class ReplayBuffer:
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
         self.capacity, self.device, self.size, self.pos = capacity, device, 0, 0
-        self.obs = torch.zeros(capacity, obs_dim, device=device)
-        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.obs, self.next_obs = torch.zeros(2, capacity, obs_dim, device=device)  # two views of one block
         self.actions = torch.zeros(capacity, act_dim, device=device)
-        self.rewards = torch.zeros(capacity, device=device)
-        self.terminated = torch.zeros(capacity, device=device)
+        self.rewards, self.terminated = torch.zeros(2, capacity, device=device)
 
     def add(self, obs, next_obs, actions, rewards, terminated) -> None:
         """Add one vector step (arrays with a leading num_envs dim)."""
@@ -231,9 +223,8 @@ class ReplayBuffer:
 
 
 def langevin_noise(num_chains: int, batch_size: int, act_dim: int, num_steps: int, device) -> tuple:
-    """The sampler's randomness, drawn up front: the uniform start x0 (N, B, A) in the box and the Gaussian kick of
-    every step, (num_steps, N, B, A). Passing it in makes the sampler a deterministic function (tests compare the
-    eager and compiled samplers on the same draws)."""
+    """The sampler's randomness drawn up front: the uniform start (N, B, A) in the box and every step's Gaussian kick
+    (num_steps, N, B, A). Passed in, the sampler is deterministic (eager and compiled compared on the same draws)."""
     start = torch.rand(num_chains, batch_size, act_dim, device=device) * 2.0 - 1.0
     return start, torch.randn(num_steps, num_chains, batch_size, act_dim, device=device)
 
@@ -259,8 +250,7 @@ def annealed_langevin(q_fn: Callable, obs: torch.Tensor, act_dim: int, levels: l
 
 def sample_actions(critic: NoiseConditionedTwinCritic, obs: torch.Tensor, args: Args, act_dim: int,
                    noise: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:  # fmt: skip
-    """Actions (B, A) from the annealed sampler on the online critics; best of N chains by min(Q1, Q2) at the clean
-    level when num_chains > 1. Run it under torch.no_grad(): nothing here needs a graph."""
+    """Actions (B, A) by the annealed sampler, the best of N chains by min(Q1, Q2) at the clean level; no graph."""
     levels, step_sizes = sampler_schedule(args)
     q_along = critic.along_chain(obs, max(levels) + 1)
     chains = annealed_langevin(lambda _, x, level: q_along(x, level), obs, act_dim, levels, step_sizes, args.w,
@@ -301,8 +291,8 @@ def update_targets(args: Args, batch, critic, critic_target, sigmas: torch.Tenso
 
 @dataclass(frozen=True)
 class HotPaths:
-    """The functions a run calls at every step. Eager by default; with --compile, compiled copies of the same
-    functions (the same math, tests/test_compile.py). critic_update takes one of these."""
+    """The functions a run calls at every step: the eager ones, or with --compile compiled copies (the same math,
+    tests/test_compile.py). critic_update takes one of these."""
 
     sample_actions: Callable
     update_targets: Callable
@@ -310,35 +300,24 @@ class HotPaths:
 
 
 def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> HotPaths:
-    """The eager hot functions, or with `compile` each wrapped in torch.compile (LeanRL's pattern)."""
     eager = [sample_actions, update_targets, regression_loss]
     return HotPaths(*(common.compile_hot(fn, device or torch.device("cpu")) if compile else fn for fn in eager))
 
 
 def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: torch.Tensor, act_dim: int,
                   hot: Optional[HotPaths] = None) -> dict:  # fmt: skip
-    """One update in the release's order: targets from the pre-update critics, a TD step at the clean level, then
-    a denoising step onto the PRE-update mean critic. Both critics share one Adam over their stacked parameters,
-    which is the same as one Adam per critic (Adam acts elementwise and the losses are summed over critics).
+    """One update in the release's order: targets from the pre-update critics, a TD step, then a denoising step. One
+    Adam over both critics' stacked parameters equals one Adam per critic (it acts elementwise; the losses are summed).
     `hot`: the functions to run (default: the eager ones)."""
     hot = hot or hot_paths()
     obs, actions = batch[0], batch[1]
     y, q_bar, levels, noised = hot.update_targets(args, batch, critic, critic_target, sigmas, act_dim)
-
-    loss_td = hot.regression_loss(critic, obs, actions, len(sigmas) - 1, y)
-    common.check_finite("losses/td_loss", loss_td)
-    optimizer.zero_grad(set_to_none=True)
-    loss_td.backward()
-    optimizer.step()
-    info = {"losses/td_loss": loss_td.detach(), "losses/q_values": q_bar.mean(), "losses/td_target": y.mean()}
-
-    if not args.lql:
+    loss_td = hot.regression_loss(critic, obs, actions, len(sigmas) - 1, y)  # TD step at the clean level
+    info = {"losses/td_loss": common.optimizer_step(optimizer, loss_td, "losses/td_loss"),
+            "losses/q_values": q_bar.mean(), "losses/td_target": y.mean()}  # fmt: skip
+    if not args.lql:  # denoising step: Q(., ., l) regressed onto the pre-update clean mean critic
         loss_dn = hot.regression_loss(critic, obs, noised, levels, q_bar)
-        common.check_finite("losses/denoising_loss", loss_dn)
-        optimizer.zero_grad(set_to_none=True)
-        loss_dn.backward()
-        optimizer.step()
-        info["losses/denoising_loss"] = loss_dn.detach()
+        info["losses/denoising_loss"] = common.optimizer_step(optimizer, loss_dn, "losses/denoising_loss")
     return info
 
 
@@ -346,19 +325,12 @@ def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: t
 
 
 def load_policy(path: str, device: str = "cpu"):
-    """Load a model saved with --save-model, or a run's checkpoint.pt; return (policy, args), policy(obs (B, S)) ->
-    actions in [-1, 1]."""
+    """(policy, args) from a --save-model file or a checkpoint.pt: policy(obs (B, S)) -> actions in [-1, 1]."""
     payload = common.load_model(path, ALGORITHM)
-    args = Args(**payload["args"])
-    critic = NoiseConditionedTwinCritic(payload["obs_dim"], payload["act_dim"], args.hidden_dim, args.num_hidden)
+    args, act_dim = Args(**payload["args"]), payload["act_dim"]
+    critic = NoiseConditionedTwinCritic(payload["obs_dim"], act_dim, args.hidden_dim, args.num_hidden).to(device)
     critic.load_state_dict(payload["critic"])
-    critic.to(device)
-
-    @torch.no_grad()
-    def policy(obs: torch.Tensor) -> torch.Tensor:
-        return sample_actions(critic, obs.to(device), args, payload["act_dim"])
-
-    return policy, args
+    return torch.no_grad()(lambda obs: sample_actions(critic, obs.to(device), args, act_dim)), args
 
 
 def validate(args: Args) -> None:
@@ -376,14 +348,11 @@ def validate(args: Args) -> None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Train from the command line `argv` (default: sys.argv[1:])."""
-    import tyro
-
     args = tyro.cli(Args, args=argv)
     if args.resume:  # the checkpoint's arguments, with the flags that may change taken from the command line
         args = common.resume_args(args, args.resume, ALGORITHM, argv)
     validate(args)
-    if args.lql:
-        args.num_levels = 1
+    args.num_levels = 1 if args.lql else args.num_levels  # plain LQL: one level, the clean critic
     run_dir = common.run_dir_for(args)
     common.seed_everything(args.seed, args.torch_deterministic)
     device = common.pick_device(args.cuda)
@@ -402,10 +371,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     run = common.Run(ALGORITHM, args, run_dir, envs, {"critic": critic, "critic_target": critic_target},
                      {"critic": optimizer}, rb, step)  # fmt: skip
 
-    @torch.no_grad()
-    def policy(o: torch.Tensor) -> torch.Tensor:
-        return hot.sample_actions(critic, o, args, act_dim)
-
+    policy = torch.no_grad()(lambda o: hot.sample_actions(critic, o, args, act_dim))  # acting and evaluation
     obs, _ = envs.reset(seed=args.seed + step["global_step"])  # in-flight episodes restart after a resume
     last_return, update_info = None, {}
     with run.stop_on_non_finite():
@@ -436,8 +402,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
             # ---- log ----
             if run.log_due():
-                sps, updates = run.progress.rate(), step["updates"]
-                run.logger.scalars({**update_info, "charts/SPS": sps, "charts/updates": updates}, global_step)
+                charts = {"charts/SPS": run.progress.rate(), "charts/updates": step["updates"]}
+                run.logger.scalars({**update_info, **charts}, global_step)
             run.progress.update(global_step, step["updates"], last_return)
 
             # ---- evaluate with the same stochastic sampler ----

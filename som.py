@@ -10,22 +10,15 @@ carries Gaussian noise at t = 1 to pi* at t = 0. SOM estimates score_t from the 
 (section 1), turns it into v (section 2) and fits a MeanFlow network u(s, a, r, t), the AVERAGE velocity over
 [r, t], with the MeanFlow identity (section 3)
     u(s, a_t, r, t) = v(a_t, t) - (t - r) d/dt u(s, a_t, r, t).
-One network evaluation maps noise to an action, a = eps - u(s, eps, 0, 1) (section 4). Data is collected with one
-such action per state, so the policy's own noise explores; evaluation keeps the best of N candidates by the twin
-critics and also reports N = 1; the critics learn a TD target without an entropy term (section 5).
+One network evaluation maps noise to an action, a = eps - u(s, eps, 0, 1) (section 4): data is collected with one
+such action per state, evaluation keeps the best of N by the twin critics and also reports N = 1; the critics learn a
+TD target without an entropy term (section 5).
 
-Only the abstract is public and there is no released code. From the paper: the MeanFlow actor, the Boltzmann target,
-an iDEM-style Monte-Carlo score from Q, the PF-ODE velocity, best-of-N; from a third party's report, K = 100 and
-beta in [0.1, 20]. The rest is ours: each reconstructed Args field is tagged [paper], [third-party] or [ours], and
-docs/som.md gives the evidence for each. Our default score is the posterior-mean (Tweedie) form,
-    a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box,   w_k = softmax_k(Qn(s, a0_k) / alpha),
-    score = (mu sum_k w_k a0_k - a_t) / sigma^2,
-critic forward passes only; the third party's form is `--score-estimator idem --score-norm --q-norm batch`. The actor
-is fitted at the batch's replay actions noised to t; `--actor-points boltzmann --distill-rows 64` fits it at
-approximate draws of exp(Q / alpha) instead and also regresses its one-step map onto its own multi-step flow.
-
-Run:   python som.py --env-id Hopper-v4 [--compile]      (--compile: the same math, compiled; docs/speed.md)
-Help:  python som.py --help
+Only the abstract is public and there is no released code: each reconstructed Args field is tagged [paper],
+[third-party] or [ours], and docs/som.md gives the evidence for each. Our default score is the posterior-mean (Tweedie)
+form; the third party's is `--score-estimator idem --score-norm --q-norm batch`. The actor is fitted at the batch's
+replay actions noised to t; `--actor-points boltzmann --distill-rows 64` fits it at approximate draws of exp(Q / alpha)
+and also regresses its one-step map onto its own multi-step flow. Run: python som.py --env-id Hopper-v4 [--compile]
 """
 
 from __future__ import annotations
@@ -38,6 +31,7 @@ from typing import Callable, Literal, Optional
 import numpy as np
 import torch
 import torch.nn as nn
+import tyro
 
 import common
 
@@ -94,11 +88,9 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
     alpha: float = 0.1
     """[ours] Boltzmann temperature on the normalised Q (see --q-norm), chosen by a sweep (docs/som_studies.md)"""
     score_estimator: Literal["tweedie", "idem"] = "tweedie"
-    """[ours] tweedie: posterior-mean score (mu E_w[a0] - a_t) / sigma^2 with box-truncated proposals; idem: the
-    gradient of logsumexp_k Q(a0_k) / alpha through untruncated proposals (the form a third party reports)"""
+    """[ours] tweedie: posterior-mean score with box-truncated proposals; idem: the gradient of logsumexp_k Q / alpha"""
     q_norm: Literal["state", "batch", "none"] = "state"
-    """[ours] standardise Q over the K proposals of each noised action (state), over the whole K x B matrix (batch,
-    the third-party form), or not (none: raw Q / alpha)"""
+    """[ours] standardise Q over each noised action's K proposals (state), over all K x B (batch), or not (none)"""
     score_norm: bool = False
     """[ours] off; on: unit-normalise the score and multiply by w in the target velocity (the third-party form)"""
     w: float = 1.0
@@ -108,24 +100,19 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
     num_target_candidates: Optional[int] = None
     """[ours] N for the next action a' of the TD target (default: --num-candidates)"""
     num_collect_candidates: Optional[int] = 1
-    """[third-party] N while collecting data: 1, one one-step sample, the policy's own noise explores as SAC's does
-    (None: --num-candidates). Evaluation always reports best-of---num-candidates, N = 1 and zero noise"""
+    """[third-party] N while collecting data: 1, the policy's own noise explores (None: --num-candidates)"""
     flow_matching_fraction: float = 0.25
     """[ours] fraction of actor rows with r = t (plain flow matching, as MeanFlow does); else r ~ U[0, t]"""
     distill_rows: int = 0
-    """[ours] rows per actor update on which the one-step map is also regressed onto the actor's own multi-step flow
-    (0: off, the MeanFlow identity alone)"""
+    """[ours] rows per actor update whose one-step map is also regressed onto the actor's multi-step flow (0: off)"""
     distill_steps: int = 8
     """[ours] MeanFlow steps of that multi-step flow"""
     actor_points: Literal["replay", "boltzmann"] = "replay"
-    """[ours] actions noised to t for the actor's fit: the batch's replay actions, or approximate draws of
-    exp(Q / alpha) (K uniform proposals resampled by the softmax)"""
+    """[ours] actions noised to t for the actor's fit: the batch's replay actions, or draws of exp(Q / alpha)"""
     adaptive_power: float = 0.5
     """[ours] p of MeanFlow's adaptive loss weight 1 / (err + 1e-3)^p; 0 = plain squared error"""
     t_min: float = 1e-3
     """[ours] flow times are drawn in [t_min, 1 - t_min] (the VP score is singular at t = 0)"""
-    exploration_noise: float = 0.0
-    """[ours] std of Gaussian noise added to the chosen action while collecting data (never in evaluation)"""
 
 
 # ==== VP schedule: beta(t) = beta_min + t (beta_max - beta_min),  a_t = mu(t) a_0 + sigma(t) eps =====================
@@ -152,8 +139,7 @@ def time_embedding(t: torch.Tensor, dim: int = 16, max_freq: float = 20.0) -> to
 
 
 def linear(in_dim: int, out_dim: int, fan_in: int, bias: bool = True) -> nn.Linear:
-    """nn.Linear initialised as a layer with `fan_in` inputs (uniform in +-1/sqrt(fan_in)): a first layer split by
-    input (state, action, time) starts exactly like one layer on their concatenation."""
+    """nn.Linear initialised as one with `fan_in` inputs: a first layer split by input starts as one layer would."""
     layer = nn.Linear(in_dim, out_dim, bias=bias)
     for p in layer.parameters():
         nn.init.uniform_(p, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
@@ -162,9 +148,8 @@ def linear(in_dim: int, out_dim: int, fan_in: int, bias: bool = True) -> nn.Line
 
 class MeanFlowActor(nn.Module):
     """u(s, a, r, t): the average velocity of the flow over [r, t], an MLP with Mish on [s, a, emb(t), emb(t - r)].
-
-    s (B, S), a (N, B, A), r and t (..., 1) broadcast; the output has a's shape. The first layer is applied input by
-    input, W [s, a, e] + b = (W_s s + b) + W_a a + W_e e, so a state shared by N candidates is multiplied once."""
+    s (B, S), a (N, B, A), r and t (..., 1) broadcast. The first layer is applied input by input,
+    W [s, a, e] + b = (W_s s + b) + W_a a + W_e e, so a state shared by N candidates is multiplied once."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_hidden: int):
         super().__init__()
@@ -184,8 +169,8 @@ class MeanFlowActor(nn.Module):
 
 
 class TwinLinear(nn.Module):
-    """The same linear layer of both critics as one (2, in, out) weight, run as one batched matmul: x (2, ..., in),
-    or (1, ..., in) for an input both share, -> (2, ..., out). Initialised as nn.Linear with `fan_in` inputs."""
+    """The same linear layer of both critics as one (2, in, out) weight, one batched matmul: x (2 or 1 if shared, ...,
+    in) -> (2, ..., out). Initialised as nn.Linear with `fan_in` inputs."""
 
     def __init__(self, in_dim: int, out_dim: int, fan_in: int, bias: bool = True):
         super().__init__()
@@ -203,8 +188,8 @@ class TwinLinear(nn.Module):
 
 
 class TwinCritic(nn.Module):
-    """Q1 and Q2, each an MLP with Mish on [s, a], in one batched call: (s (..., S), a (..., A)) -> (2, ...). As in
-    the actor the first layer is applied input by input: the K proposals of a state share one projection of it."""
+    """Q1 and Q2, MLPs with Mish on [s, a], in one batched call: (s (..., S), a (..., A)) -> (2, ...); the first layer
+    applied input by input, as in the actor."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_hidden: int):
         super().__init__()
@@ -229,11 +214,9 @@ class TwinCritic(nn.Module):
 class ReplayBuffer:
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
         self.capacity, self.device, self.size, self.pos = capacity, device, 0, 0
-        self.obs = torch.zeros(capacity, obs_dim, device=device)
-        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.obs, self.next_obs = torch.zeros(2, capacity, obs_dim, device=device)  # two views of one block
         self.actions = torch.zeros(capacity, act_dim, device=device)
-        self.rewards = torch.zeros(capacity, device=device)
-        self.terminated = torch.zeros(capacity, device=device)
+        self.rewards, self.terminated = torch.zeros(2, capacity, device=device)
 
     def add(self, obs, next_obs, actions, rewards, terminated) -> None:
         """Add one vector step (arrays with a leading num_envs dim)."""
@@ -253,11 +236,9 @@ class ReplayBuffer:
 
 
 def truncated_normal_in_box(mean: torch.Tensor, std: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """K draws of N(mean, std^2) truncated to [-1, 1] per dimension by inverse-CDF sampling: (B, A) -> (K, B, A).
-
-    In float64 and mirrored so the box lies at or below the mean, in the lower tail where the normal CDF keeps its
-    relative precision (the std reaches ~150 near t = 1, and is tiny near t = 0). Where the CDF underflows, the draw
-    is the box face nearest the mean (its limit)."""
+    """K draws of N(mean, std^2) truncated to [-1, 1] per dimension by inverse-CDF sampling: (B, A) -> (K, B, A). In
+    float64 and mirrored so the box lies at or below the mean, where the CDF keeps its relative precision (std ~150
+    near t = 1, tiny near t = 0); where the CDF underflows, the draw is the box face nearest the mean (its limit)."""
     flip = mean < 0
     m, s = mean.double().abs(), std.double().expand_as(mean)
     cdf_lo, cdf_hi = torch.special.ndtr((-1.0 - m) / s), torch.special.ndtr((1.0 - m) / s)
@@ -267,8 +248,7 @@ def truncated_normal_in_box(mean: torch.Tensor, std: torch.Tensor, num_samples: 
 
 
 def normalise_q(q: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standardise Q (K, B) for the softmax over K, per state or over the batch ("none": raw). Returns (Qn, std) with
-    the std (a constant) broadcastable to (K, B, 1) so that gradients can be divided by it too."""
+    """Standardise Q (K, B) per state or over the batch ("none": raw); returns (Qn, std as (K or 1, B or 1, 1))."""
     if mode == "none":
         return q, torch.ones_like(q[:1]).unsqueeze(-1)
     dims = (0,) if mode == "state" else (0, 1)
@@ -285,19 +265,18 @@ def score_estimate(q_fn: Callable, obs: torch.Tensor, noised_action: torch.Tenso
              score = (mu sum_k w_k a0_k - a_t) / sigma^2             (Tweedie: E[a0 | a_t] from the posterior)
     idem:    a0_k = a_t / mu + (sigma / mu) eps_k,
              score = grad_{a_t} logsumexp_k Qn(a0_k) / alpha = (1 / mu) sum_k w_k grad_a Qn(a0_k) / alpha
-    q_fn(obs (B, S), actions (K, B, A)) -> Q (K, B); obs (B, S), a_t (B, A), t (B, 1). Call under no_grad (idem takes
-    its input gradient with torch.func.grad). Returns the score (B, A) and its norm and the softmax's effective
-    sample size 1 / sum_k w_k^2 (K: uniform weights), for the logs."""
+    q_fn(obs (B, S), actions (K, B, A)) -> Q (K, B); a_t (B, A), t (B, 1); under no_grad (idem uses torch.func.grad).
+    Returns the score (B, A) and, for the logs, its norm and the softmax's effective sample size 1 / sum_k w_k^2."""
     mu, sigma = vp_mu_sigma(t, beta_min, beta_max)
     if estimator == "tweedie":
         proposals = truncated_normal_in_box(noised_action / mu, sigma / mu, num_samples)  # (K, B, A)
         weights = torch.softmax(normalise_q(q_fn(obs, proposals), q_norm)[0] / alpha, dim=0)  # (K, B)
         score = (mu * (weights.unsqueeze(-1) * proposals).sum(0) - noised_action) / sigma**2
-    elif estimator == "idem":
-        proposals = noised_action / mu + (sigma / mu) * torch.randn((num_samples, *noised_action.shape),
-                                                                    device=obs.device)  # fmt: skip
+    else:  # idem: the gradient in the actions only (torch.func.grad), no parameter gradients
+        eps = torch.randn(num_samples, *noised_action.shape, device=obs.device)
+        proposals = noised_action / mu + (sigma / mu) * eps
 
-        def summed_q(a):  # torch.func.grad: the gradient in the actions only, no parameter gradients
+        def summed_q(a):  # Q summed for the gradient, and Q itself for the weights
             q = q_fn(obs, a)
             return q.sum(), q
 
@@ -305,15 +284,13 @@ def score_estimate(q_fn: Callable, obs: torch.Tensor, noised_action: torch.Tenso
         q_normed, scale = normalise_q(q, q_norm)
         weights = torch.softmax(q_normed / alpha, dim=0)
         score = (weights.unsqueeze(-1) * grad_q / scale).sum(0) / (alpha * mu)
-    else:
-        raise ValueError(f"unknown score estimator {estimator!r}")
     ess = (1.0 / weights.pow(2).sum(0)).mean()
     return score.detach(), {"score_norm": score.norm(dim=-1).mean(), "softmax_ess": ess}
 
 
 def boltzmann_resample(q_fn, obs: torch.Tensor, act_dim: int, num_samples: int, alpha: float, q_norm: str):
-    """One approximate draw of pi*(a|s) ~ exp(Q(s, a) / alpha) per state, obs (B, S) -> (B, A): K uniform proposals
-    in the box, one kept with probability softmax_k(Qn_k / alpha) (the Gumbel-max trick, no host sync)."""
+    """One approximate draw of exp(Q(s, a) / alpha) per state, (B, S) -> (B, A): K uniform proposals in the box, one
+    kept with probability softmax_k(Qn_k / alpha) (the Gumbel-max trick, no host sync)."""
     proposals = torch.rand(num_samples, obs.shape[0], act_dim, device=obs.device) * 2.0 - 1.0
     q_normed, _ = normalise_q(q_fn(obs, proposals), q_norm)
     gumbel = -torch.log(-torch.log(torch.rand_like(q_normed).clamp_min(1e-20)))
@@ -448,9 +425,8 @@ def actor_loss(args: Args, batch, actor, critic, diagnostics: bool = False) -> t
     """The MeanFlow loss at replay states, with actions a (the replay actions, or draws of exp(Q / alpha)) noised to t:
         a_t = mu(t) a + sigma(t) eps,   v = PF-ODE velocity at (a_t, t) from the score estimate,
         loss = adaptive-weighted || u(s, a_t, r, t) - stopgrad(v - (t - r) du/dt) ||^2
-    plus, on --distill-rows rows, the one-step map regressed onto the actor's own --distill-steps-step flow:
-        adaptive-weighted || u(s, eps, 0, 1) - stopgrad(eps - flow_n(s, eps)) ||^2.
-    Only u with (r, t) inputs carries a gradient. The info is empty unless `diagnostics` (at log time)."""
+    plus, on --distill-rows rows, adaptive-weighted || u(s, eps, 0, 1) - stopgrad(eps - flow_n(s, eps)) ||^2 (the
+    one-step map onto the actor's own n-step flow). The info is empty unless `diagnostics` (at log time)."""
     obs, actions = batch[0], batch[1]
 
     def mean_q(o, a):  # the mean of the two online critics
@@ -484,17 +460,14 @@ def actor_diagnostics(args: Args, batch, actor, critic) -> dict:
     with torch.no_grad():
         _, info = actor_loss(args, batch, actor, critic, diagnostics=True)
         obs = batch[0]
-        q_flow, q_one_step = (
-            critic(obs, multi_step_sample(actor, obs, 20)),
-            critic(obs, one_step_sample(actor, obs, 1)[0]),
-        )
+        q_flow, q_one_step = critic(obs, multi_step_sample(actor, obs, 20)), critic(obs, one_step_sample(actor, obs, 1))
         return {**info, "losses/one_step_q_gap": q_flow.mean() - q_one_step.mean()}
 
 
 @dataclass(frozen=True)
 class HotPaths:
-    """The functions a run calls at every step: the eager ones, or with --compile compiled copies of them (the same
-    math, tests/test_compile.py). The update functions take one of these."""
+    """The functions a run calls at every step: the eager ones, or with --compile compiled copies (the same math,
+    tests/test_compile.py). The update functions take one of these."""
 
     sample_actions: Callable
     bootstrap_target: Callable
@@ -511,23 +484,16 @@ def critic_update(args: Args, batch, actor, critic, critic_target, critic_optimi
                   hot: Optional[HotPaths] = None) -> dict:  # fmt: skip
     """One Adam step of both critics toward the TD target (`hot`: the functions to run; default eager)."""
     hot = hot or hot_paths()
-    loss, q_mean = hot.critic_loss(critic, batch[0], batch[1], hot.bootstrap_target(args, batch, actor, critic,
-                                                                                    critic_target))  # fmt: skip
-    common.check_finite("losses/critic_loss", loss)
-    critic_optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    critic_optimizer.step()
-    return {"losses/critic_loss": loss.detach(), "losses/q_values": q_mean}
+    y = hot.bootstrap_target(args, batch, actor, critic, critic_target)
+    loss, q_mean = hot.critic_loss(critic, batch[0], batch[1], y)
+    return {"losses/critic_loss": common.optimizer_step(critic_optimizer, loss, "losses/critic_loss"),
+            "losses/q_values": q_mean}  # fmt: skip
 
 
 def actor_update(args: Args, batch, actor, critic, actor_optimizer, hot: Optional[HotPaths] = None) -> dict:
     """One Adam step of the actor on the MeanFlow loss (`hot`: the functions to run; default eager)."""
     loss, info = (hot or hot_paths()).actor_loss(args, batch, actor, critic)
-    common.check_finite("losses/actor_loss", loss)
-    actor_optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    actor_optimizer.step()
-    return {"losses/actor_loss": loss.detach(), **info}
+    return {"losses/actor_loss": common.optimizer_step(actor_optimizer, loss, "losses/actor_loss"), **info}
 
 
 # ==== Saved models and input checks ===================================================================================
@@ -561,7 +527,6 @@ def validate(args: Args) -> None:
         ("t_min", 0 < args.t_min < 0.5, "in (0, 0.5)"),
         ("flow_matching_fraction", 0 <= args.flow_matching_fraction <= 1, "in [0, 1]"),
         ("adaptive_power", args.adaptive_power >= 0, "at least 0"),
-        ("exploration_noise", args.exploration_noise >= 0, "at least 0"),
         ("distill_rows", args.distill_rows >= 0, "at least 0"),
         ("distill_steps", args.distill_steps >= 1, "at least 1"),
     ]:
@@ -576,8 +541,6 @@ def validate(args: Args) -> None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Train from the command line `argv` (default: sys.argv[1:])."""
-    import tyro
-
     args = tyro.cli(Args, args=argv)
     if args.resume:  # the checkpoint's arguments, with the flags that may change taken from the command line
         args = common.resume_args(args, args.resume, ALGORITHM, argv)
@@ -603,6 +566,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     step = {"bound_hits": 0.0, "acting_steps": 0}
     run = common.Run(ALGORITHM, args, run_dir, envs, {"actor": actor, "critic": critic, "critic_target": critic_target},
                      {"actor": actor_optimizer, "critic": critic_optimizer}, rb, step)  # fmt: skip
+    collect = torch.no_grad()(lambda o: hot.sample_actions(actor, critic, o, args.num_collect_candidates))
     policies = {  # evaluated: best-of-N (the protocol), N = 1 (the one-step actor alone) and its zero-noise action
         f"best-of-{args.num_candidates}": lambda o: hot.sample_actions(actor, critic, o, args.num_candidates),
         "n1": lambda o: hot.sample_actions(actor, critic, o, 1),
@@ -617,12 +581,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             if step["global_step"] < args.learning_starts:
                 actions = envs.action_space.sample()
             else:
-                with torch.no_grad():
-                    obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-                    action_t = hot.sample_actions(actor, critic, obs_t, args.num_collect_candidates)
-                    if args.exploration_noise > 0:
-                        action_t = action_t + args.exploration_noise * torch.randn_like(action_t)
-                actions = action_t.clamp(-1.0, 1.0).cpu().numpy()
+                actions = collect(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
                 common.check_finite("actions", actions)
                 step["bound_hits"] += float((np.abs(actions) > 0.999).mean())
                 step["acting_steps"] += 1

@@ -65,7 +65,6 @@ BAD = {
         ({"adaptive_power": -0.5}, "--adaptive-power must be at least 0, got -0.5."),
         ({"t_min": 0.0}, "--t-min must be in (0, 0.5), got 0.0."),
         ({"t_min": 0.5}, "--t-min must be in (0, 0.5), got 0.5."),
-        ({"exploration_noise": -0.1}, "--exploration-noise must be at least 0, got -0.1."),
         ({"distill_rows": -1}, "--distill-rows must be at least 0, got -1."),
         ({"distill_steps": 0}, "--distill-steps must be at least 1, got 0."),
     ],
@@ -115,7 +114,7 @@ def test_the_defaults_and_the_range_edges_are_accepted(module, capsys):
     module.validate(module.Args(env_id="Pendulum-v1", gamma=0.0, tau=1.0, seed=0))
     module.validate(module.Args(env_id="Pendulum-v1", gamma=1.0, seed=2**32 - 1))
     if module is som:
-        som.validate(som.Args(env_id="Pendulum-v1", beta_min=0.0, flow_matching_fraction=1.0, exploration_noise=0.0))
+        som.validate(som.Args(env_id="Pendulum-v1", beta_min=0.0, flow_matching_fraction=1.0, adaptive_power=0.0))
     else:
         nc_lql.validate(nc_lql.Args(env_id="Pendulum-v1", lql=True, num_levels=1))
     assert "error" not in capsys.readouterr().err
