@@ -179,11 +179,10 @@ class TwinLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(2, 1, out_dim).uniform_(-bound, bound)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(x.shape[0], -1, x.shape[-1])
-        if self.bias is None:
-            out = torch.matmul(rows, self.weight)
-        else:
-            out = torch.baddbmm(self.bias, rows.expand(2, -1, -1), self.weight)
+        # (1 or 2, rows, in) @ (2, in, out): matmul broadcasts a shared input; baddbmm on it expanded to both critics
+        # compiled slower (docs/speed.md)
+        out = torch.matmul(x.reshape(x.shape[0], -1, x.shape[-1]), self.weight)
+        out = out if self.bias is None else out + self.bias
         return out.view(2, *x.shape[1:-1], out.shape[-1])
 
 
