@@ -1,7 +1,7 @@
 """Compiled speed of this checkout against another one, timed in ONE process with the calls interleaved, so that the
 machine's drift (on a shared 2-core machine the same code varies by up to 1.4x between minutes) falls on both alike.
 
-python scripts/speed_vs.py OTHER_CHECKOUT [--what som_update nc_lql_update nc_lql_action] [--rounds 16]
+python scripts/speed_vs.py OTHER_CHECKOUT [--what som_update nc_lql_update nc_lql_action] [--rounds 16] [--eager]
 
 OTHER_CHECKOUT is a git worktree of another commit (git worktree add /tmp/other <commit>). Each side builds its own
 networks from the same seed and runs its own compiled hot paths on the same batch: SOM's full update (critic and actor
@@ -39,7 +39,7 @@ def load(root: str, script: str, name: str):
     return module, sys.modules["common"]
 
 
-def som_update(root: str, tag: str, batch, fit: dict):
+def som_update(root: str, tag: str, batch, fit: dict, compile: bool = True):
     som, common = load(root, "som", f"som_{tag}")
     cpu = torch.device("cpu")
     torch.manual_seed(0)
@@ -49,7 +49,7 @@ def som_update(root: str, tag: str, batch, fit: dict):
     critic_target = som.build_networks(args, S, A, cpu)[1]
     critic_target.load_state_dict(critic.state_dict())
     actor_opt, critic_opt = torch.optim.Adam(actor.parameters(), 1e-4), torch.optim.Adam(critic.parameters(), 1e-4)
-    hot = som.hot_paths(True, cpu)
+    hot = som.hot_paths(compile, cpu)
 
     def step():
         som.critic_update(args, batch, actor, critic, critic_target, critic_opt, hot)
@@ -59,7 +59,7 @@ def som_update(root: str, tag: str, batch, fit: dict):
     return step
 
 
-def nc_lql_parts(root: str, tag: str, batch):
+def nc_lql_parts(root: str, tag: str, batch, compile: bool = True):
     nc_lql, common = load(root, "nc_lql", f"nc_lql_{tag}")
     torch.manual_seed(0)
     args = nc_lql.Args()
@@ -67,7 +67,7 @@ def nc_lql_parts(root: str, tag: str, batch):
     critic_target.load_state_dict(critic.state_dict())
     optimizer = torch.optim.Adam(critic.parameters(), 1e-4)
     sigmas = torch.tensor(nc_lql.noise_schedule(args.num_levels, args.sigma_max, args.sigma_min))
-    hot = nc_lql.hot_paths(True, torch.device("cpu"))
+    hot = nc_lql.hot_paths(compile, torch.device("cpu"))
 
     def update():
         nc_lql.critic_update(args, batch, critic, critic_target, optimizer, sigmas, A, hot)
@@ -101,22 +101,28 @@ def main() -> None:
     p.add_argument("--what", nargs="+", default=["som_update", "nc_lql_update", "nc_lql_action"],
                    choices=["som_update", "nc_lql_update", "nc_lql_action"])  # fmt: skip
     p.add_argument("--rounds", type=int, default=16)
+    p.add_argument("--eager", action="store_true", help="time the eager functions instead of the compiled ones")
     cli = p.parse_args()
     if not os.path.isfile(os.path.join(cli.other, "som.py")):
         raise SystemExit(f"error: {cli.other!r} is not a checkout of this project (no som.py in it).")
+    if cli.rounds < 1:
+        raise SystemExit(f"error: --rounds must be positive, got {cli.rounds}.")
     g = torch.Generator().manual_seed(0)
     batch = (torch.randn(B, S, generator=g), torch.rand(B, A, generator=g) * 2 - 1, torch.randn(B, generator=g),
              torch.randn(B, S, generator=g), torch.zeros(B))  # fmt: skip
     roots = {"this": HERE, "other": os.path.abspath(cli.other)}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; this = {HERE}, other = {roots['other']}")
+    mode = "eager" if cli.eager else "compiled"
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {mode}; this = {HERE}, other = {roots['other']}"
+    )
     print("| what | this (ms) | other (ms) | this / other |\n|---|---:|---:|---:|")
     rows = []
     if "som_update" in cli.what:
         for fit_name, fit in FITS.items():
-            fns = {tag: som_update(root, tag, batch, fit) for tag, root in roots.items()}
+            fns = {tag: som_update(root, tag, batch, fit, not cli.eager) for tag, root in roots.items()}
             rows.append((f"SOM full update, {fit_name}", race(fns, cli.rounds, 3)))
     if {"nc_lql_update", "nc_lql_action"} & set(cli.what):
-        parts = {tag: nc_lql_parts(root, tag, batch) for tag, root in roots.items()}
+        parts = {tag: nc_lql_parts(root, tag, batch, not cli.eager) for tag, root in roots.items()}
         if "nc_lql_update" in cli.what:
             rows.append(("NC-LQL full update", race({t: p[0] for t, p in parts.items()}, 2 * cli.rounds, 5)))
         if "nc_lql_action" in cli.what:

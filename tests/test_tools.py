@@ -151,6 +151,16 @@ def test_bad_runs_sh_arguments_are_one_line_and_exit_2(argv, message, tmp_path):
     assert message in proc.stderr and not (tmp_path / "runs_slurm.sbatch").exists()
 
 
+def test_speed_vs_times_two_checkouts_side_by_side_and_refuses_a_folder_that_is_not_one(tmp_path):
+    """Eager, one round, this checkout against itself: a table row with both times and their ratio."""
+    proc = run_script("scripts/speed_vs.py", ROOT, "--what", "nc_lql_update", "--rounds", "1", "--eager")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = [line for line in proc.stdout.splitlines() if line.startswith("| NC-LQL full update |")]
+    this, other, ratio = (float(x) for x in row.strip("| \n").split("|")[1:])
+    assert this > 0 and other > 0 and ratio == pytest.approx(this / other, abs=2e-3)
+    assert_one_sentence_error(run_script("scripts/speed_vs.py", str(tmp_path)), "is not a checkout of this project")
+
+
 def evaluate(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), *argv], capture_output=True,
                           text=True)  # fmt: skip
