@@ -82,7 +82,8 @@ def flag(name: str) -> str:
 
 def require_flag(args, name: str, valid: bool, what: str) -> None:
     """`--tau must be in (0, 1], got 0.0.` unless `valid`; every numeric flag must also be finite."""
-    value, infinite = getattr(args, name), math.isinf(getattr(args, name))
+    value = getattr(args, name)
+    infinite = math.isinf(value)
     require(valid and not infinite, f"{flag(name)} must be {'a finite number' if infinite else what}, got {value}.")
 
 
@@ -122,13 +123,13 @@ def validate_env_id(env_id: str) -> None:
         raise UserInputError(f"unknown environment id {env_id!r} ({str(exc).rstrip('.')}).") from None
     space = env.action_space
     env.close()
-    for w in caught:
-        if re.match(OUT_OF_DATE, str(w.message)):
+    for warning in caught:
+        if re.match(OUT_OF_DATE, str(warning.message)):
             print(f"note: {env_id} is not the newest version of this environment; the papers' protocol uses the "
                   "MuJoCo -v4 ids on purpose.", flush=True)  # fmt: skip
             warnings.filterwarnings("ignore", message=OUT_OF_DATE)
         else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     require(isinstance(space, gym.spaces.Box), f"{env_id} has a {type(space).__name__} action space; this "
             "algorithm needs continuous (Box) actions.")  # fmt: skip
     require(bool(np.isfinite(space.low).all() and np.isfinite(space.high).all()),
@@ -287,7 +288,8 @@ def compile_hot(fn: Callable, device: torch.device) -> Callable:
     """torch.compile on one hot function (LeanRL's pattern), one graph per input shape. realize_opcount_threshold=8
     stops inductor recomputing Mish's derivative inside the reductions of a one-row input gradient (2.9 -> 1.9 ms
     per NC-LQL action); CUDA graphs on the GPU, a C++ wrapper on the CPU (1.9 -> 1.3 ms, one thread)."""
-    options = {"realize_opcount_threshold": 8, "triton.cudagraphs" if device.type == "cuda" else "cpp_wrapper": True}
+    options = {"realize_opcount_threshold": 8}
+    options["triton.cudagraphs" if device.type == "cuda" else "cpp_wrapper"] = True
     return torch.compile(fn, dynamic=False, options=options)
 
 
@@ -379,11 +381,14 @@ class _Lines:
     """A stream for tqdm off a terminal (a log file, Slurm's output): each redraw becomes one plain line."""
 
     def __init__(self, stream):
-        self.stream, self.flush = stream, stream.flush
+        self.stream = stream
 
     def write(self, text: str) -> None:
         if text.strip():
             print(text.replace("\r", "").strip(), file=self.stream, flush=True)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 class Progress:

@@ -16,7 +16,10 @@ TD target without an entropy term (section 5).
 
 Only the abstract is public and there is no released code: each reconstructed Args field is tagged [paper],
 [third-party] or [ours], and docs/som.md gives the evidence for each. Our default score is the posterior-mean (Tweedie)
-form; the third party's is `--score-estimator idem --score-norm --q-norm batch`. The actor is fitted at the batch's
+form, from critic forward passes only,
+    a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box,   w_k = softmax_k(Qn(s, a0_k) / alpha),
+    score = (mu sum_k w_k a0_k - a_t) / sigma^2;
+the third party's is `--score-estimator idem --score-norm --q-norm batch`. The actor is fitted at the batch's
 replay actions noised to t; `--actor-points boltzmann --distill-rows 64` fits it at approximate draws of exp(Q / alpha)
 and also regresses its one-step map onto its own multi-step flow. Run: python som.py --env-id Hopper-v4 [--compile]
 """
@@ -271,7 +274,7 @@ def score_estimate(q_fn: Callable, obs: torch.Tensor, noised_action: torch.Tenso
         proposals = truncated_normal_in_box(noised_action / mu, sigma / mu, num_samples)  # (K, B, A)
         weights = torch.softmax(normalise_q(q_fn(obs, proposals), q_norm)[0] / alpha, dim=0)  # (K, B)
         score = (mu * (weights.unsqueeze(-1) * proposals).sum(0) - noised_action) / sigma**2
-    else:  # idem: the gradient in the actions only (torch.func.grad), no parameter gradients
+    elif estimator == "idem":  # the gradient in the actions only (torch.func.grad), no parameter gradients
         eps = torch.randn(num_samples, *noised_action.shape, device=obs.device)
         proposals = noised_action / mu + (sigma / mu) * eps
 
@@ -283,6 +286,8 @@ def score_estimate(q_fn: Callable, obs: torch.Tensor, noised_action: torch.Tenso
         q_normed, scale = normalise_q(q, q_norm)
         weights = torch.softmax(q_normed / alpha, dim=0)
         score = (weights.unsqueeze(-1) * grad_q / scale).sum(0) / (alpha * mu)
+    else:
+        raise ValueError(f"unknown score estimator {estimator!r}")
     ess = (1.0 / weights.pow(2).sum(0)).mean()
     return score.detach(), {"score_norm": score.norm(dim=-1).mean(), "softmax_ess": ess}
 
