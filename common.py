@@ -349,14 +349,12 @@ class Logger:
 
 def source_commit() -> str:
     """The git commit of this file's checkout, with "+" when tracked files have changed; "unknown" outside git."""
-    git = ["git", "-C", os.path.dirname(os.path.abspath(__file__))]
-    try:
-        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return head.stdout.strip() + ("+" if dirty else "") if head.returncode == 0 else "unknown"
+    git = ["git", "-C", os.path.dirname(os.path.abspath(__file__)), "describe", "--always", "--dirty=+", "--exclude=*"]
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        described = subprocess.run(git, capture_output=True, text=True, timeout=10)
+        if described.returncode == 0:
+            return described.stdout.strip()
+    return "unknown"
 
 
 def start_wandb(run_dir: str, args, project: str, entity: Optional[str], resuming: bool) -> None:
@@ -462,6 +460,13 @@ def read_saved(path: str, algorithm: Optional[str] = None, env_id: Optional[str]
     return payload
 
 
+def known_args(args_class, saved: dict):
+    """`args_class` from a saved run's arguments: flags added since take their defaults, flags removed since (which
+    change nothing in the saved networks) are left out."""
+    fields = {f.name for f in dataclasses.fields(args_class)}
+    return args_class(**{name: value for name, value in saved.items() if name in fields})
+
+
 def load_model(path: str, algorithm: str) -> dict:
     """A --save-model file or a checkpoint.pt as one dict: the networks' state dicts by name, "args", "obs_dim" and
     "act_dim" (a checkpoint's sizes come from its env)."""
@@ -488,6 +493,7 @@ def save_checkpoint(path: str, algorithm: str, args, modules: dict, optimizers: 
            "action_space": envs.action_space.np_random.bit_generator.state}  # fmt: skip
     rows = None if buffer is None else chronological_rows(buffer.size, buffer.pos, buffer.capacity).to(buffer.device)
     save_atomic({"algorithm": algorithm, "args": dict(vars(args)), "counters": dict(counters), "rng": rng,
+                 "commit": source_commit(),
                  "modules": {name: m.state_dict() for name, m in modules.items()},
                  "optimizers": {name: o.state_dict() for name, o in optimizers.items()},
                  "buffer": None if rows is None else {f: getattr(buffer, f)[rows].cpu() for f in BUFFER_FIELDS}},
@@ -533,7 +539,13 @@ def resume_args(args, path: str, algorithm: str, cli: Optional[list[str]] = None
 
     payload = read_saved(path, algorithm, checkpoint=True)
     fields = [f.name for f in dataclasses.fields(args)]
-    saved = type(args)(**{k: v for k, v in payload["args"].items() if k in fields})  # fields added since: defaults
+    removed = getattr(type(args), "REMOVED_FLAGS", {})  # flag -> the value with which this version behaves the same
+    for name, value in payload["args"].items():  # a flag since removed, set otherwise: the run would change algorithm
+        same = name in fields or (name in removed and removed[name] == value)
+        commit = payload.get("commit", "unknown")
+        require(same, f"{path!r} was trained with {flag(name)} {value}, which this version of {algorithm}.py does not "
+                f"have; continue it with the code that wrote it (commit {commit}).")  # fmt: skip
+    saved = known_args(type(args), payload["args"])
     merged = tyro.cli(type(args), args=sys.argv[1:] if cli is None else cli, default=saved)
     for name in fields:
         given, kept = getattr(merged, name), getattr(saved, name)

@@ -326,7 +326,7 @@ def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: t
 def load_policy(path: str, device: str = "cpu"):
     """(policy, args) from a --save-model file or a checkpoint.pt: policy(obs (B, S)) -> actions in [-1, 1]."""
     payload = common.load_model(path, ALGORITHM)
-    args, act_dim = Args(**payload["args"]), payload["act_dim"]
+    args, act_dim = common.known_args(Args, payload["args"]), payload["act_dim"]
     critic = NoiseConditionedTwinCritic(payload["obs_dim"], act_dim, args.hidden_dim, args.num_hidden).to(device)
     critic.load_state_dict(payload["critic"])
     return torch.no_grad()(lambda obs: sample_actions(critic, obs.to(device), args, act_dim)), args

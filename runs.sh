@@ -15,9 +15,8 @@
 #   ./runs.sh probe [--dry-run]   the studies of docs/som_studies.md: SOM's actor probes and bandit runs, the bandit figure's
 #                                 runs, LQL's step-size sweep, SOM's alpha check on Hopper-v4
 #   ./runs.sh vs_sac [--dry-run]  HalfCheetah-v4 and Hopper-v4, seeds 1 and 2, 30,000 steps at the CPU settings: SOM
-#                                 (replay fit and Boltzmann fit), NC-LQL and Stable-Baselines3's SAC
+#                                 (collecting with best-of-32 and with N = 1), NC-LQL and Stable-Baselines3's SAC
 #                                 (scripts/sac_baseline.py, requirements-bench.txt)
-#   ./runs.sh screen [--dry-run]  SOM's actor-fit candidates on HalfCheetah-v4, seed 1, 20,000 steps (docs/results.md)
 #   ./runs.sh --only som          only one algorithm (som or nc_lql); combine with any of the above
 set -euo pipefail
 CALLER_DIR=$(pwd)
@@ -28,7 +27,7 @@ MODE=run
 ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    paper|quick|release|long|probe|vs_sac|screen) SET="$1" ;;
+    paper|quick|release|long|probe|vs_sac) SET="$1" ;;
     --dry-run) MODE=dry ;;
     --slurm) MODE=slurm ;;
     --only)
@@ -36,28 +35,24 @@ while [ $# -gt 0 ]; do
         som|nc_lql) ONLY="$2"; shift ;;
         *) echo "runs.sh: --only takes som or nc_lql, got '${2:-}' (see ./runs.sh --help)" >&2; exit 2 ;;
       esac ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "runs.sh: unknown argument '$1' (see ./runs.sh --help)" >&2; exit 2 ;;
   esac
   shift
 done
 PYTHON=${PYTHON:-python}
-[ "$SET" = release ] || [ "$SET" = long ] || [ "$SET" = vs_sac ] || [ "$SET" = screen ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
+[ "$SET" = release ] || [ "$SET" = long ] || [ "$SET" = vs_sac ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
 
-# The quick set's budgets per (script, env): what was run for docs/results.md on 2 CPU cores. SOM's Pendulum-v1 and
-# Hopper-v4 runs used the replay fit (noised replay actions, no distillation); Hopper-v4:boltzmann is the Boltzmann fit,
-# compiled. Every SOM line names its actor fit and how it collected data, so the commands stay those of the recorded
-# runs: those with N = 32 collected with best-of-32 acting (BEST_OF_32_DATA), the paper set uses the defaults.
-REPLAY_FIT="--actor-points replay --distill-rows 0"
-BOLTZMANN_FIT="--actor-points boltzmann --distill-rows 64"  # Boltzmann draws as training points, one-step distillation
+# The quick set's budgets per (script, env): what was run for docs/results.md on 2 CPU cores. Every SOM line says how
+# it collected data, so the commands stay those of the recorded runs: those with N = 32 collected with best-of-32
+# acting (BEST_OF_32_DATA); the paper and long sets use the defaults (N = 1).
 BEST_OF_32_DATA="--num-collect-candidates 32"
 budget() {
   [ "$SET" = quick ] || return 0
   case "$1/$2" in
-    som/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 15000 --log-frequency 500 $REPLAY_FIT $BEST_OF_32_DATA" ;;
+    som/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 15000 --log-frequency 500 $BEST_OF_32_DATA" ;;
     nc_lql/Pendulum-v1) echo "--learning-starts 1000 --total-timesteps 12000 --eval-frequency 2000 --log-frequency 500" ;;
-    som/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 $REPLAY_FIT $BEST_OF_32_DATA" ;;
-    som/Hopper-v4:boltzmann) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 --compile --exp-name som_fit_check $BOLTZMANN_FIT $BEST_OF_32_DATA" ;;
+    som/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 40000 --log-frequency 1000 $BEST_OF_32_DATA" ;;
     nc_lql/Hopper-v4) echo "--learning-starts 5000 --total-timesteps 30000 --eval-frequency 2500 --log-frequency 1000" ;;
   esac
 }
@@ -65,30 +60,23 @@ budget() {
 commands() {
   if [ "$SET" = probe ]; then  # the actor alone against the exact bandit reward, then RL on the bandit
     local probe="$PYTHON scripts/bandit_actor_probe.py"
-    local replay="actor_points=replay distill_rows=0"  # the replay fit
-    echo "$probe --updates 6000 --set $replay score_estimator=idem score_norm=True q_norm=batch alpha=1.0 --sweep w=1.0,3.0,10.0"
-    echo "$probe --updates 6000 --set $replay --sweep alpha=0.03,0.1,0.3,1.0"
-    echo "$probe --updates 6000 --set $replay --sweep adaptive_power=0.0,1.0"
-    echo "$probe --updates 6000 --set $replay q_norm=none --sweep alpha=0.03,0.1"
-    echo "$probe --updates 6000 --set distill_rows=0 --sweep actor_points=replay,boltzmann"
-    echo "$probe --updates 6000 --set distill_rows=64 --sweep actor_points=replay,boltzmann"
-    echo "$probe --updates 6000 --set actor_points=boltzmann distill_rows=128 distill_steps=16"
-    echo "$probe --updates 6000 --set actor_points=boltzmann distill_rows=64 actor_lr=2e-3"
-    echo "$probe --updates 12000 --set distill_rows=0 --sweep actor_points=replay,boltzmann"
-    echo "$probe --updates 12000 --set actor_points=boltzmann distill_rows=64 --sweep distill_steps=8"
+    echo "$probe --updates 6000 --set score_estimator=idem score_norm=True q_norm=batch alpha=1.0 --sweep w=1.0,3.0,10.0"
+    echo "$probe --updates 6000 --sweep alpha=0.03,0.1,0.3,1.0"
+    echo "$probe --updates 6000 --sweep adaptive_power=0.0,1.0"
+    echo "$probe --updates 6000 --set q_norm=none --sweep alpha=0.03,0.1"
+    echo "$probe --updates 12000"
     local bandit="--env-id scripts.bandit:MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --total-timesteps 3000"
-    echo "$PYTHON som.py $bandit --num-candidates 1 --compile $BOLTZMANN_FIT --exp-name bandit_boltzmann_fit"
-    echo "$PYTHON som.py $bandit --num-candidates 1 --compile --actor-points replay --distill-rows 0 --exp-name bandit_replay_fit"
+    echo "$PYTHON som.py $bandit --num-candidates 1 --compile --exp-name bandit_replay_fit"
     # the bandit figure (docs/results.md): SOM with the replay fit, NC-LQL; then LQL's step-size sweep
     local small="--env-id scripts.bandit:MultimodalBandit-v0 --num-envs 1 --learning-starts 500 --batch-size 64 --hidden-dim 64"
-    echo "$PYTHON som.py $small --total-timesteps 3500 --num-mc-samples 32 --num-candidates 1 --actor-lr 1e-3 --critic-lr 1e-3 --eval-frequency 3500 --eval-episodes 100 --save-model $REPLAY_FIT"
+    echo "$PYTHON som.py $small --total-timesteps 3500 --num-mc-samples 32 --num-candidates 1 --actor-lr 1e-3 --critic-lr 1e-3 --eval-frequency 3500 --eval-episodes 100 --save-model"
     echo "$PYTHON nc_lql.py $small --total-timesteps 2500 --critic-lr 1e-3 --eval-frequency 2500 --eval-episodes 50 --save-model"
     for x in 1e-4 1e-3 1e-2; do
       echo "$PYTHON nc_lql.py $small --total-timesteps 2500 --critic-lr 1e-3 --eval-frequency 2500 --eval-episodes 50 --save-model --lql --lql-step-size $x --exp-name lql_$x"
     done
     # SOM's alpha on Hopper-v4 at the CPU settings, 17,500 steps (docs/som_studies.md; 0.1 is the quick run)
     for a in 0.03 0.3; do
-      echo "$PYTHON som.py --env-id Hopper-v4 --seed 1 --num-envs 1 --eval-episodes 10 --critic-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --actor-lr 3e-4 --eval-frequency 2500 --learning-starts 5000 --total-timesteps 17500 --alpha $a $REPLAY_FIT $BEST_OF_32_DATA"
+      echo "$PYTHON som.py --env-id Hopper-v4 --seed 1 --num-envs 1 --eval-episodes 10 --critic-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --actor-lr 3e-4 --eval-frequency 2500 --learning-starts 5000 --total-timesteps 17500 --alpha $a $BEST_OF_32_DATA"
     done
     return
   fi
@@ -99,22 +87,11 @@ commands() {
       for seed in ${SEEDS:-100}; do
         for algo in nc_lql som; do
           if [ -z "$ONLY" ] || [ "$ONLY" = $algo ]; then
-            echo "$PYTHON $algo.py --env-id $env --seed $seed $common --exp-name ${algo}_long$([ $algo = som ] && echo " $BOLTZMANN_FIT $BEST_OF_32_DATA")"
+            echo "$PYTHON $algo.py --env-id $env --seed $seed $common --exp-name ${algo}_long"
           fi
         done
       done
     done
-    return
-  fi
-  if [ "$SET" = screen ]; then  # SOM's actor-fit candidates: HalfCheetah-v4, seed 1, 20,000 steps, the CPU settings
-    local cpu="--env-id HalfCheetah-v4 --seed 1 --num-envs 1 --learning-starts 5000 --batch-size 256 --critic-lr 3e-4"
-    cpu="$cpu --eval-frequency 2500 --eval-episodes 5 --compile --checkpoint-frequency 10000 --checkpoint-buffer"
-    cpu="$cpu --actor-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --total-timesteps 20000"
-    echo "$PYTHON som.py $cpu $BOLTZMANN_FIT $BEST_OF_32_DATA --exp-name som_vs_sac"
-    echo "$PYTHON som.py $cpu $REPLAY_FIT $BEST_OF_32_DATA --exp-name som_screen_replay"
-    echo "$PYTHON som.py $cpu --actor-points replay --distill-rows 64 $BEST_OF_32_DATA --exp-name som_screen_replay_distill"
-    echo "$PYTHON som.py $cpu $BOLTZMANN_FIT --alpha 0.05 $BEST_OF_32_DATA --exp-name som_screen_alpha005"
-    echo "$PYTHON som.py $cpu $BOLTZMANN_FIT --num-collect-candidates 1 --exp-name som_screen_collect1"
     return
   fi
   if [ "$SET" = vs_sac ]; then  # SOM, NC-LQL and Stable-Baselines3's SAC at the CPU settings, 30,000 steps
@@ -122,11 +99,10 @@ commands() {
     cpu="$cpu --eval-episodes 5 --total-timesteps 30000 --compile --checkpoint-frequency 10000 --checkpoint-buffer"
     for env in HalfCheetah-v4 Hopper-v4; do
       for seed in ${SEEDS:-1 2}; do
-        if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then  # the two actor fits, and the replay fit collecting with N = 1
+        if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then  # collecting with best-of-32, and with N = 1 (the default)
           local som="$PYTHON som.py --env-id $env --seed $seed $cpu --actor-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1"
-          echo "$som $REPLAY_FIT $BEST_OF_32_DATA --exp-name som_vs_sac_replay"
-          echo "$som $BOLTZMANN_FIT $BEST_OF_32_DATA --exp-name som_vs_sac"
-          echo "$som $REPLAY_FIT --num-collect-candidates 1 --exp-name som_vs_sac_replay_collect1"
+          echo "$som $BEST_OF_32_DATA --exp-name som_vs_sac_replay"
+          echo "$som --num-collect-candidates 1 --exp-name som_vs_sac_replay_collect1"
         fi
         if [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; then
           echo "$PYTHON nc_lql.py --env-id $env --seed $seed $cpu --exp-name nc_lql_vs_sac"
@@ -146,10 +122,8 @@ commands() {
         echo "$PYTHON nc_lql.py $common --total-timesteps 90000 --seed $seed --exp-name nc_lql_vs_release --save-model"
       fi
       if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
-        echo "$PYTHON som.py $common --total-timesteps 90000 --seed $seed --exp-name som_protocol --save-model $keep" \
-          "$BOLTZMANN_FIT $BEST_OF_32_DATA"
         echo "$PYTHON som.py $common --total-timesteps 90000 --seed $seed --exp-name som_protocol_first_fit" \
-          "--save-model $REPLAY_FIT $BEST_OF_32_DATA"
+          "--save-model $BEST_OF_32_DATA"
       fi
     done
     # NC-LQL's second seed, run on to 150,000 transitions: its first 90,000 are the side-by-side's second seed (nothing
@@ -165,14 +139,14 @@ commands() {
   if [ "$SET" = quick ]; then
     # CPU-sized (docs/results.md): one env, short warm-up, K = 16 and N = 1 for SOM's TD target, lr 3e-4.
     local cpu="--num-envs 1 --eval-episodes 10 --critic-lr 3e-4"
-    som_envs="Pendulum-v1 Hopper-v4 Hopper-v4:boltzmann"
+    som_envs="Pendulum-v1 Hopper-v4"
     nc_envs="Pendulum-v1 Hopper-v4"
     som_extra="$cpu --num-mc-samples 16 --num-target-candidates 1 --actor-lr 3e-4 --eval-frequency 2500"
     nc_extra="$cpu"
   fi
   for seed in $SEEDS; do
     if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
-      for env in $som_envs; do echo "$PYTHON som.py --env-id ${env%%:*} --seed $seed $som_extra $(budget som "$env")"; done
+      for env in $som_envs; do echo "$PYTHON som.py --env-id $env --seed $seed $som_extra $(budget som "$env")"; done
     fi
     if [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; then
       for env in $nc_envs; do echo "$PYTHON nc_lql.py --env-id $env --seed $seed $nc_extra $(budget nc_lql "$env")"; done

@@ -20,8 +20,7 @@ form, from critic forward passes only,
     a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box,   w_k = softmax_k(Qn(s, a0_k) / alpha),
     score = (mu sum_k w_k a0_k - a_t) / sigma^2;
 the third party's is `--score-estimator idem --score-norm --q-norm batch`. The actor is fitted at the batch's
-replay actions noised to t; `--actor-points boltzmann --distill-rows 64` fits it at approximate draws of exp(Q / alpha)
-and also regresses its one-step map onto its own multi-step flow. Run: python som.py --env-id Hopper-v4 [--compile]
+replay actions noised to t. Run: python som.py --env-id Hopper-v4 [--compile]
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Callable, ClassVar, Literal, Optional
 
 import numpy as np
 import torch
@@ -106,16 +105,13 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
     """[third-party] N while collecting data: 1, the policy's own noise explores (None: --num-candidates)"""
     flow_matching_fraction: float = 0.25
     """[ours] fraction of actor rows with r = t (plain flow matching, as MeanFlow does); else r ~ U[0, t]"""
-    distill_rows: int = 0
-    """[ours] rows per actor update whose one-step map is also regressed onto the actor's multi-step flow (0: off)"""
-    distill_steps: int = 8
-    """[ours] MeanFlow steps of that multi-step flow"""
-    actor_points: Literal["replay", "boltzmann"] = "replay"
-    """[ours] actions noised to t for the actor's fit: the batch's replay actions, or draws of exp(Q / alpha)"""
     adaptive_power: float = 0.5
     """[ours] p of MeanFlow's adaptive loss weight 1 / (err + 1e-3)^p; 0 = plain squared error"""
     t_min: float = 1e-3
     """[ours] flow times are drawn in [t_min, 1 - t_min] (the VP score is singular at t = 0)"""
+
+    # flags of earlier versions and the value with which this one behaves the same (--resume accepts only those)
+    REMOVED_FLAGS: ClassVar[dict] = {"actor_points": "replay", "distill_rows": 0, "distill_steps": 8}
 
 
 # ==== VP schedule: beta(t) = beta_min + t (beta_max - beta_min),  a_t = mu(t) a_0 + sigma(t) eps =====================
@@ -292,15 +288,6 @@ def score_estimate(q_fn: Callable, obs: torch.Tensor, noised_action: torch.Tenso
     return score.detach(), {"score_norm": score.norm(dim=-1).mean(), "softmax_ess": ess}
 
 
-def boltzmann_resample(q_fn, obs: torch.Tensor, act_dim: int, num_samples: int, alpha: float, q_norm: str):
-    """One approximate draw of exp(Q(s, a) / alpha) per state, (B, S) -> (B, A): K uniform proposals in the box, one
-    kept with probability softmax_k(Qn_k / alpha) (the Gumbel-max trick, no host sync)."""
-    proposals = torch.rand(num_samples, obs.shape[0], act_dim, device=obs.device) * 2.0 - 1.0
-    q_normed, _ = normalise_q(q_fn(obs, proposals), q_norm)
-    gumbel = -torch.log(-torch.log(torch.rand_like(q_normed).clamp_min(1e-20)))
-    return proposals[(q_normed / alpha + gumbel).argmax(dim=0), torch.arange(obs.shape[0], device=obs.device)]
-
-
 # ==== 2. Target velocity: the probability-flow ODE of the VP diffusion ================================================
 
 
@@ -371,19 +358,14 @@ def zero_noise_action(actor: MeanFlowActor, obs: torch.Tensor) -> torch.Tensor:
     return one_step_sample(actor, obs, 1, torch.zeros(1, obs.shape[0], actor.act_dim, device=obs.device))[0]
 
 
-def integrate_flow(actor: MeanFlowActor, obs: torch.Tensor, noise: torch.Tensor, num_steps: int) -> torch.Tensor:
+def multi_step_sample(actor: MeanFlowActor, obs: torch.Tensor, num_steps: int, noise=None) -> torch.Tensor:
     """The actor's flow from noise (t = 1) to an action (t = 0) in `num_steps` equal MeanFlow steps,
-    z_r = z_t - (t - r) u(s, z_t, r, t) (num_steps = 1: one-step sampling before the clip). (B, S) -> (B, A)."""
-    z, times = noise, torch.linspace(1.0, 0.0, num_steps + 1, device=obs.device)
+    z_r = z_t - (t - r) u(s, z_t, r, t), clipped to the box (num_steps = 1: one-step sampling). (B, S) -> (B, A)."""
+    z = torch.randn(obs.shape[0], actor.act_dim, device=obs.device) if noise is None else noise
+    times = torch.linspace(1.0, 0.0, num_steps + 1, device=obs.device)
     for t, r in zip(times[:-1], times[1:]):
         z = z - (t - r) * actor(obs, z, r.view(1, 1), t.view(1, 1))
-    return z
-
-
-def multi_step_sample(actor: MeanFlowActor, obs: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """The flow in `num_steps` steps from fresh noise, clipped to the box: what one step loses against it."""
-    noise = torch.randn(obs.shape[0], actor.act_dim, device=obs.device)
-    return integrate_flow(actor, obs, noise, num_steps).clamp(-1.0, 1.0)
+    return z.clamp(-1.0, 1.0)
 
 
 def sample_actions(actor: MeanFlowActor, critic: TwinCritic, obs: torch.Tensor, num_candidates: int,
@@ -426,19 +408,16 @@ def critic_loss(critic: TwinCritic, obs, actions, y) -> tuple[torch.Tensor, torc
 
 
 def actor_loss(args: Args, batch, actor, critic, diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
-    """The MeanFlow loss at replay states, with actions a (the replay actions, or draws of exp(Q / alpha)) noised to t:
+    """The MeanFlow loss at replay states, with their replay actions a noised to t:
         a_t = mu(t) a + sigma(t) eps,   v = PF-ODE velocity at (a_t, t) from the score estimate,
-        loss = adaptive-weighted || u(s, a_t, r, t) - stopgrad(v - (t - r) du/dt) ||^2
-    plus, on --distill-rows rows, adaptive-weighted || u(s, eps, 0, 1) - stopgrad(eps - flow_n(s, eps)) ||^2 (the
-    one-step map onto the actor's own n-step flow). The info is empty unless `diagnostics` (at log time)."""
+        loss = adaptive-weighted || u(s, a_t, r, t) - stopgrad(v - (t - r) du/dt) ||^2.
+    The info is empty unless `diagnostics` (at log time)."""
     obs, actions = batch[0], batch[1]
 
     def mean_q(o, a):  # the mean of the two online critics
         return critic(o, a).mean(dim=0)
 
     with torch.no_grad():
-        if args.actor_points == "boltzmann":  # approximate draws of pi* itself: the data the flow should carry
-            actions = boltzmann_resample(mean_q, obs, actions.shape[-1], args.num_mc_samples, args.alpha, args.q_norm)
         r, t = sample_time_pair(len(obs), args.t_min, args.flow_matching_fraction, obs.device)
         mu, sigma = vp_mu_sigma(t, args.beta_min, args.beta_max)
         noised = mu * actions + sigma * torch.randn_like(actions)  # the training point: an action noised to time t
@@ -446,15 +425,6 @@ def actor_loss(args: Args, batch, actor, critic, diagnostics: bool = False) -> t
                                            args.beta_max, args.score_estimator, args.q_norm)  # fmt: skip
         velocity = target_velocity(noised, score, t, args.w, args.beta_min, args.beta_max, args.score_norm)
     loss, info = meanflow_loss(actor, obs, noised, r, t, velocity, args.adaptive_power, diagnostics)
-    if args.distill_rows > 0:  # one step regressed onto the actor's own multi-step flow from the same noise
-        rows = obs[: args.distill_rows]
-        noise = torch.randn(len(rows), actions.shape[-1], device=obs.device)
-        with torch.no_grad():
-            shortcut = noise - integrate_flow(actor, rows, noise, args.distill_steps)  # the u over [0, 1] it implies
-        ones = torch.ones(1, 1, device=obs.device)
-        sq_err = (actor(rows, noise, 0.0 * ones, ones) - shortcut).pow(2).mean(-1)
-        loss = loss + adaptive_weighted(sq_err, args.adaptive_power)
-        info["one_step_distill_mse"] = sq_err.detach().mean()
     return loss, {f"losses/{k}": v for k, v in {**score_info, **info}.items()} if diagnostics else {}
 
 
@@ -512,7 +482,7 @@ def load_policy(path: str, num_candidates: Optional[int] = None, device: str = "
     """(policy, args) from a --save-model file or a checkpoint.pt: policy(obs (B, S)) -> actions in [-1, 1], the best
     of `num_candidates` (default: the run's N; 1: the one-step policy), each from `flow_steps` MeanFlow steps."""
     payload = common.load_model(path, ALGORITHM)
-    args = Args(**payload["args"])
+    args = common.known_args(Args, payload["args"])
     actor, critic = build_networks(args, payload["obs_dim"], payload["act_dim"], device)
     actor.load_state_dict(payload["actor"])
     critic.load_state_dict(payload["critic"])
@@ -522,17 +492,14 @@ def load_policy(path: str, num_candidates: Optional[int] = None, device: str = "
 
 def validate(args: Args) -> None:
     """Every flag in its valid range, then the env id; anything else stops with one sentence (exit status 2)."""
-    common.check_positive(args, ["actor_lr", "num_mc_samples", "beta_max", "alpha", "w", "num_candidates"])
     optional = [name for name in ("num_target_candidates", "num_collect_candidates") if getattr(args, name) is not None]
-    common.check_positive(args, optional)
+    common.check_positive(args, ["actor_lr", "num_mc_samples", "beta_max", "alpha", "w", "num_candidates", *optional])
     for name, valid, what in [
         ("num_mc_samples", args.num_mc_samples >= 2, "at least 2"),
         ("beta_min", args.beta_min >= 0, "at least 0"),
         ("t_min", 0 < args.t_min < 0.5, "in (0, 0.5)"),
         ("flow_matching_fraction", 0 <= args.flow_matching_fraction <= 1, "in [0, 1]"),
         ("adaptive_power", args.adaptive_power >= 0, "at least 0"),
-        ("distill_rows", args.distill_rows >= 0, "at least 0"),
-        ("distill_steps", args.distill_steps >= 1, "at least 1"),
     ]:
         common.require_flag(args, name, valid, what)
     common.require(args.beta_min < args.beta_max,

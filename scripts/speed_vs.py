@@ -5,9 +5,10 @@ python scripts/speed_vs.py OTHER_CHECKOUT [--what som_update nc_lql_update nc_lq
 
 OTHER_CHECKOUT is a git worktree of another commit (git worktree add /tmp/other <commit>). Each side builds its own
 networks from the same seed and runs its own compiled hot paths on the same batch: SOM's full update (critic and actor
-steps, Polyak) with each actor fit, NC-LQL's full update, NC-LQL's one-observation action. Prints the median ms of
-each side and their ratio (this / other). Both checkouts need `hot_paths`, `critic_update` (and SOM's
-`actor_update`, `build_networks`), as every commit since the restructure of the scripts has.
+steps, Polyak) at each side's defaults (the replay fit since commit 88a0f0c), NC-LQL's full update, NC-LQL's
+one-observation action. Prints the median ms of each side and their ratio (this / other). Both checkouts need
+`hot_paths`, `critic_update` (and SOM's `actor_update`, `build_networks`), as every commit since the restructure of
+the scripts has.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import torch
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, S, A = 256, 17, 6  # the protocol's batch, HalfCheetah-v4's dimensions
-FITS = {"replay fit": dict(actor_points="replay", distill_rows=0),
-        "Boltzmann fit": dict(actor_points="boltzmann", distill_rows=64)}  # fmt: skip
 
 
 def load(root: str, script: str, name: str):
@@ -39,11 +38,11 @@ def load(root: str, script: str, name: str):
     return module, sys.modules["common"]
 
 
-def som_update(root: str, tag: str, batch, fit: dict, compile: bool = True):
+def som_update(root: str, tag: str, batch, compile: bool = True):
     som, common = load(root, "som", f"som_{tag}")
     cpu = torch.device("cpu")
     torch.manual_seed(0)
-    args = som.Args(**fit)
+    args = som.Args()
     args.num_target_candidates = args.num_candidates
     actor, critic = som.build_networks(args, S, A, cpu)
     critic_target = som.build_networks(args, S, A, cpu)[1]
@@ -118,9 +117,8 @@ def main() -> None:
     print("| what | this (ms) | other (ms) | this / other |\n|---|---:|---:|---:|")
     rows = []
     if "som_update" in cli.what:
-        for fit_name, fit in FITS.items():
-            fns = {tag: som_update(root, tag, batch, fit, not cli.eager) for tag, root in roots.items()}
-            rows.append((f"SOM full update, {fit_name}", race(fns, cli.rounds, 3)))
+        fns = {tag: som_update(root, tag, batch, not cli.eager) for tag, root in roots.items()}
+        rows.append(("SOM full update", race(fns, cli.rounds, 3)))
     if {"nc_lql_update", "nc_lql_action"} & set(cli.what):
         parts = {tag: nc_lql_parts(root, tag, batch, not cli.eager) for tag, root in roots.items()}
         if "nc_lql_update" in cli.what:

@@ -14,7 +14,6 @@ cores, most of it compiling and the end-to-end runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import os
 import subprocess
@@ -177,40 +176,23 @@ def main() -> None:
             loss.backward()
             actor_opt.step()
 
-        def actor_step_flops(fit: som.Args) -> float:
-            """u with its backward (3 forward passes) and the JVP (about 2) on B rows, plus the score estimate;
-            Boltzmann training points: one more K x B pass of both critics; distillation: the multi-step flow's
-            forward passes and one forward with backward (3) on the distilled rows."""
-            rows = 5 * B + (fit.distill_steps + 3) * fit.distill_rows
-            boltzmann = 2 * mlp_flops(K * B, critic_sizes) if fit.actor_points == "boltzmann" else 0.0
-            return flops_score + boltzmann + mlp_flops(rows, [S + A + 32] + actor_sizes[1:])
-
+        # u with its backward (3 forward passes) and the JVP (about 2) on B rows, plus the score estimate
+        flops_actor_step = flops_score + mlp_flops(5 * B, [S + A + 32] + actor_sizes[1:])
         e, c = both("som actor step", actor_step, som, reps)
         table.add(
             "SOM actor step (score estimate, MeanFlow loss with JVP, backward, Adam)",
             e,
             c,
-            actor_step_flops(args) / 1e9,
+            flops_actor_step / 1e9,
         )
 
-        def som_update(hot, fit=args):
-            som.critic_update(fit, batch, actor, critic, critic_target, critic_opt, hot)
-            som.actor_update(fit, batch, actor, critic, actor_opt, hot)
+        def som_update(hot):
+            som.critic_update(args, batch, actor, critic, critic_target, critic_opt, hot)
+            som.actor_update(args, batch, actor, critic, actor_opt, hot)
 
         flops_update = flops_target + flops_critic_step
         e, c = both("som update", som_update, som, reps)
-        table.add("**SOM full update** (critic + actor)", e, c, (flops_update + actor_step_flops(args)) / 1e9)
-
-        # the other actor fit: what it costs per update
-        if args.actor_points == "replay":
-            other, flags = (
-                dataclasses.replace(args, actor_points="boltzmann", distill_rows=64),
-                "boltzmann --distill-rows 64",
-            )
-        else:
-            other, flags = dataclasses.replace(args, actor_points="replay", distill_rows=0), "replay --distill-rows 0"
-        e, c = both("som update, other fit", lambda hot: som_update(hot, other), som, reps)
-        table.add(f"SOM full update, --actor-points {flags}", e, c, (flops_update + actor_step_flops(other)) / 1e9)
+        table.add("**SOM full update** (critic + actor)", e, c, (flops_update + flops_actor_step) / 1e9)
 
     # ---------------------------------------------------------------------------------------------------- NC-LQL
     if cli.only != "som":

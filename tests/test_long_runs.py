@@ -147,6 +147,7 @@ def test_signal_writes_a_checkpoint_exits_zero_and_resume_continues(script, sig,
     ckpt = torch.load(ckpt_path, weights_only=False)
     stopped_at, updates = ckpt["counters"]["global_step"], ckpt["counters"]["updates"]
     assert stopped_at > 100 and updates > 0 and len(ckpt["buffer"]["obs"]) == stopped_at
+    assert ckpt["commit"] == common.source_commit()  # named when a later version refuses to continue it
 
     # no --env-id: it and every other argument come from the checkpoint
     resumed = run_script(script, "--resume", ckpt_path, "--total-timesteps", str(stopped_at + 60), "--eval-frequency",
