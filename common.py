@@ -461,10 +461,11 @@ def read_saved(path: str, algorithm: Optional[str] = None, env_id: Optional[str]
 
 
 def known_args(args_class, saved: dict):
-    """`args_class` from a saved run's arguments: flags added since take their defaults, flags removed since (which
-    change nothing in the saved networks) are left out."""
+    """`args_class` from a saved run's arguments: a flag added since takes the value in `args_class.ADDED_FLAGS` that
+    keeps the run as it was (else its default); flags removed since (which change no network) are left out."""
     fields = {f.name for f in dataclasses.fields(args_class)}
-    return args_class(**{name: value for name, value in saved.items() if name in fields})
+    kept = {name: value for name, value in saved.items() if name in fields}
+    return args_class(**{**getattr(args_class, "ADDED_FLAGS", {}), **kept})
 
 
 def load_model(path: str, algorithm: str) -> dict:

@@ -110,8 +110,11 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
     t_min: float = 1e-3
     """[ours] flow times are drawn in [t_min, 1 - t_min] (the VP score is singular at t = 0)"""
 
-    # flags of earlier versions and the value with which this one behaves the same (--resume accepts only those)
-    REMOVED_FLAGS: ClassVar[dict] = {"actor_points": "replay", "distill_rows": 0, "distill_steps": 8}
+    # flags of earlier versions and the value with which this one behaves the same (--resume accepts only those), and
+    # flags added since file format 2 with the value that keeps a run saved before them on its course
+    REMOVED_FLAGS: ClassVar[dict] = {"actor_points": "replay", "distill_rows": 0, "distill_steps": 8,
+                                     "exploration_noise": 0.0}  # fmt: skip
+    ADDED_FLAGS: ClassVar[dict] = {"num_collect_candidates": None}  # None: collect with --num-candidates
 
 
 # ==== VP schedule: beta(t) = beta_min + t (beta_max - beta_min),  a_t = mu(t) a_0 + sigma(t) eps =====================

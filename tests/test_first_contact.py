@@ -193,11 +193,16 @@ def test_resume_refuses_a_checkpoint_set_with_a_flag_this_version_does_not_have(
     assert line.endswith("(commit 6c0c45e).")
 
 
-def test_resume_accepts_a_removed_flag_at_the_value_this_version_behaves_as(tmp_path):
+def test_resume_keeps_an_older_run_on_its_course(tmp_path):
+    """A removed flag at the value this version behaves as is accepted; a flag added since takes the value that keeps
+    the old behaviour (a checkpoint saved before --num-collect-candidates collected with --num-candidates)."""
     path = str(tmp_path / "checkpoint.pt")
-    saved = {**dataclasses.asdict(som.Args(env_id="Pendulum-v1")), "actor_points": "replay", "distill_rows": 0}
+    saved = {**dataclasses.asdict(som.Args(env_id="Pendulum-v1")), "actor_points": "replay", "distill_rows": 0,
+             "exploration_noise": 0.0}  # fmt: skip
+    del saved["num_collect_candidates"]
     common.save_atomic({"algorithm": "som", "args": saved, "counters": {}}, path)
-    assert _resume(path).env_id == "Pendulum-v1"
+    args = _resume(path)
+    assert args.env_id == "Pendulum-v1" and args.num_collect_candidates is None  # main() then uses --num-candidates
 
 
 def test_checkpoints_name_the_commit_of_the_code_that_wrote_them():
