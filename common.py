@@ -541,9 +541,9 @@ def resume_args(args, path: str, algorithm: str, cli: Optional[list[str]] = None
     payload = read_saved(path, algorithm, checkpoint=True)
     fields = [f.name for f in dataclasses.fields(args)]
     removed = getattr(type(args), "REMOVED_FLAGS", {})  # flag -> the value with which this version behaves the same
+    commit = payload.get("commit", "unknown")
     for name, value in payload["args"].items():  # a flag since removed, set otherwise: the run would change algorithm
         same = name in fields or (name in removed and removed[name] == value)
-        commit = payload.get("commit", "unknown")
         require(same, f"{path!r} was trained with {flag(name)} {value}, which this version of {algorithm}.py does not "
                 f"have; continue it with the code that wrote it (commit {commit}).")  # fmt: skip
     saved = known_args(type(args), payload["args"])
