@@ -461,11 +461,10 @@ def read_saved(path: str, algorithm: Optional[str] = None, env_id: Optional[str]
 
 
 def known_args(args_class, saved: dict):
-    """`args_class` from a saved run's arguments: a flag added since takes the value in `args_class.ADDED_FLAGS` that
-    keeps the run as it was (else its default); flags removed since (which change no network) are left out."""
+    """`args_class` from a saved run's arguments, for evaluation: flags added since take their defaults, flags removed
+    since are left out (the networks depend on neither)."""
     fields = {f.name for f in dataclasses.fields(args_class)}
-    kept = {name: value for name, value in saved.items() if name in fields}
-    return args_class(**{**getattr(args_class, "ADDED_FLAGS", {}), **kept})
+    return args_class(**{name: value for name, value in saved.items() if name in fields})
 
 
 def load_model(path: str, algorithm: str) -> dict:
@@ -540,12 +539,9 @@ def resume_args(args, path: str, algorithm: str, cli: Optional[list[str]] = None
 
     payload = read_saved(path, algorithm, checkpoint=True)
     fields = [f.name for f in dataclasses.fields(args)]
-    removed = getattr(type(args), "REMOVED_FLAGS", {})  # flag -> the value with which this version behaves the same
-    commit = payload.get("commit", "unknown")
-    for name, value in payload["args"].items():  # a flag since removed, set otherwise: the run would change algorithm
-        same = name in fields or (name in removed and removed[name] == value)
-        require(same, f"{path!r} was trained with {flag(name)} {value}, which this version of {algorithm}.py does not "
-                f"have; continue it with the code that wrote it (commit {commit}).")  # fmt: skip
+    differ = ", ".join(flag(name) for name in sorted(set(payload["args"]) ^ set(fields)))
+    require(not differ, f"{path!r} was written by a version of {algorithm}.py with other flags ({differ}); continue it "
+            f"with the code that wrote it (commit {payload.get('commit', 'unknown')}).")  # fmt: skip
     saved = known_args(type(args), payload["args"])
     merged = tyro.cli(type(args), args=sys.argv[1:] if cli is None else cli, default=saved)
     for name in fields:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable, Optional
 
 import numpy as np
@@ -288,23 +289,16 @@ def update_targets(args: Args, batch, critic, critic_target, sigmas: torch.Tenso
     return y, q_bar, levels, noised
 
 
-@dataclass(frozen=True)
-class HotPaths:
-    """The functions a run calls at every step: the eager ones, or with --compile compiled copies (the same math,
-    tests/test_compile.py). critic_update takes one of these."""
-
-    sample_actions: Callable
-    update_targets: Callable
-    regression_loss: Callable
-
-
-def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> HotPaths:
+def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> SimpleNamespace:
+    """The functions a run calls at every step, by name: these eager ones, or with --compile compiled copies (the
+    same math, tests/test_compile.py). critic_update takes them as `hot`."""
     eager = [sample_actions, update_targets, regression_loss]
-    return HotPaths(*(common.compile_hot(fn, device or torch.device("cpu")) if compile else fn for fn in eager))
+    device = device or torch.device("cpu")
+    return SimpleNamespace(**{fn.__name__: common.compile_hot(fn, device) if compile else fn for fn in eager})
 
 
 def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: torch.Tensor, act_dim: int,
-                  hot: Optional[HotPaths] = None) -> dict:  # fmt: skip
+                  hot: Optional[SimpleNamespace] = None) -> dict:  # fmt: skip
     """One update in the release's order: targets from the pre-update critics, a TD step, then a denoising step. One
     Adam over both critics' stacked parameters equals one Adam per critic (it acts elementwise; the losses are summed).
     `hot`: the functions to run (default: the eager ones)."""

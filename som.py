@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Literal, Optional
+from types import SimpleNamespace
+from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -109,12 +110,6 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
     """[ours] p of MeanFlow's adaptive loss weight 1 / (err + 1e-3)^p; 0 = plain squared error"""
     t_min: float = 1e-3
     """[ours] flow times are drawn in [t_min, 1 - t_min] (the VP score is singular at t = 0)"""
-
-    # flags of earlier versions and the value with which this one behaves the same (--resume accepts only those), and
-    # flags added since file format 2 with the value that keeps a run saved before them on its course
-    REMOVED_FLAGS: ClassVar[dict] = {"actor_points": "replay", "distill_rows": 0, "distill_steps": 8,
-                                     "exploration_noise": 0.0}  # fmt: skip
-    ADDED_FLAGS: ClassVar[dict] = {"num_collect_candidates": None}  # None: collect with --num-candidates
 
 
 # ==== VP schedule: beta(t) = beta_min + t (beta_max - beta_min),  a_t = mu(t) a_0 + sigma(t) eps =====================
@@ -347,39 +342,29 @@ def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_power: flo
 # ==== 4. Acting: one network evaluation per candidate, best of N by the critics =======================================
 
 
-def one_step_sample(actor: MeanFlowActor, obs: torch.Tensor, num_candidates: int, noise=None) -> torch.Tensor:
-    """N one-step samples per state, a = clip(eps - u(s, eps, r=0, t=1), -1, 1): obs (B, S) -> (N, B, A)."""
-    if noise is None:
-        noise = torch.randn(num_candidates, obs.shape[0], actor.act_dim, device=obs.device)
-    ones = torch.ones(1, 1, device=obs.device)
-    return (noise - actor(obs, noise, 0.0 * ones, ones)).clamp(-1.0, 1.0)
+def flow_sample(actor: MeanFlowActor, obs: torch.Tensor, num_candidates: int, num_steps: int = 1,
+                noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+    """N samples per state of the actor's flow from noise eps (t = 1) to an action (t = 0) in `num_steps` equal
+    MeanFlow steps z_r = z_t - (t - r) u(s, z_t, r, t), clipped to the box: num_steps = 1 is the one-step policy,
+    a = clip(eps - u(s, eps, 0, 1), -1, 1), one network evaluation. obs (B, S), noise (N, B, A) -> (N, B, A)."""
+    z = torch.randn(num_candidates, obs.shape[0], actor.act_dim, device=obs.device) if noise is None else noise
+    times = torch.linspace(1.0, 0.0, num_steps + 1, device=obs.device).view(-1, 1, 1)
+    for t, r in zip(times[:-1], times[1:]):
+        z = z - (t - r) * actor(obs, z, r, t)
+    return z.clamp(-1.0, 1.0)
 
 
 def zero_noise_action(actor: MeanFlowActor, obs: torch.Tensor) -> torch.Tensor:
     """The one-step map of the noise's mean, eps = 0: one deterministic network evaluation per state, the
     counterpart of SAC's mean action (evaluation only). obs (B, S) -> (B, A)."""
-    return one_step_sample(actor, obs, 1, torch.zeros(1, obs.shape[0], actor.act_dim, device=obs.device))[0]
-
-
-def multi_step_sample(actor: MeanFlowActor, obs: torch.Tensor, num_steps: int, noise=None) -> torch.Tensor:
-    """The actor's flow from noise (t = 1) to an action (t = 0) in `num_steps` equal MeanFlow steps,
-    z_r = z_t - (t - r) u(s, z_t, r, t), clipped to the box (num_steps = 1: one-step sampling). (B, S) -> (B, A)."""
-    z = torch.randn(obs.shape[0], actor.act_dim, device=obs.device) if noise is None else noise
-    times = torch.linspace(1.0, 0.0, num_steps + 1, device=obs.device)
-    for t, r in zip(times[:-1], times[1:]):
-        z = z - (t - r) * actor(obs, z, r.view(1, 1), t.view(1, 1))
-    return z.clamp(-1.0, 1.0)
+    return flow_sample(actor, obs, 1, noise=torch.zeros(1, obs.shape[0], actor.act_dim, device=obs.device))[0]
 
 
 def sample_actions(actor: MeanFlowActor, critic: TwinCritic, obs: torch.Tensor, num_candidates: int,
                    flow_steps: int = 1) -> torch.Tensor:  # fmt: skip
     """The candidate with the highest min(Q1, Q2): obs (B, S) -> (B, A); N = 1 skips the critic. flow_steps > 1
     (scripts/evaluate.py): the candidates come from that many MeanFlow steps instead of one."""
-    if flow_steps == 1:
-        candidates = one_step_sample(actor, obs, num_candidates)
-    else:  # the N candidates of all states as one batch of N x B rows
-        rows = multi_step_sample(actor, obs.repeat(num_candidates, 1), flow_steps)
-        candidates = rows.view(num_candidates, obs.shape[0], actor.act_dim)
+    candidates = flow_sample(actor, obs, num_candidates, flow_steps)
     if num_candidates == 1:
         return candidates[0]
     best = critic(obs, candidates).min(dim=0).values.argmax(dim=0)  # (B,)
@@ -437,28 +422,20 @@ def actor_diagnostics(args: Args, batch, actor, critic) -> dict:
     with torch.no_grad():
         _, info = actor_loss(args, batch, actor, critic, diagnostics=True)
         obs = batch[0]
-        q_flow, q_one_step = critic(obs, multi_step_sample(actor, obs, 20)), critic(obs, one_step_sample(actor, obs, 1))
+        q_flow, q_one_step = critic(obs, flow_sample(actor, obs, 1, 20)), critic(obs, flow_sample(actor, obs, 1))
         return {**info, "losses/one_step_q_gap": q_flow.mean() - q_one_step.mean()}
 
 
-@dataclass(frozen=True)
-class HotPaths:
-    """The functions a run calls at every step: the eager ones, or with --compile compiled copies (the same math,
-    tests/test_compile.py). The update functions take one of these."""
-
-    sample_actions: Callable
-    bootstrap_target: Callable
-    critic_loss: Callable
-    actor_loss: Callable
-
-
-def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> HotPaths:
+def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> SimpleNamespace:
+    """The functions a run calls at every step, by name: these eager ones, or with --compile compiled copies (the
+    same math, tests/test_compile.py). The update functions take them as `hot`."""
     eager = [sample_actions, bootstrap_target, critic_loss, actor_loss]
-    return HotPaths(*(common.compile_hot(fn, device or torch.device("cpu")) if compile else fn for fn in eager))
+    device = device or torch.device("cpu")
+    return SimpleNamespace(**{fn.__name__: common.compile_hot(fn, device) if compile else fn for fn in eager})
 
 
 def critic_update(args: Args, batch, actor, critic, critic_target, critic_optimizer,
-                  hot: Optional[HotPaths] = None) -> dict:  # fmt: skip
+                  hot: Optional[SimpleNamespace] = None) -> dict:  # fmt: skip
     """One Adam step of both critics toward the TD target (`hot`: the functions to run; default eager)."""
     hot = hot or hot_paths()
     y = hot.bootstrap_target(args, batch, actor, critic, critic_target)
@@ -467,7 +444,7 @@ def critic_update(args: Args, batch, actor, critic, critic_target, critic_optimi
             "losses/q_values": q_mean}  # fmt: skip
 
 
-def actor_update(args: Args, batch, actor, critic, actor_optimizer, hot: Optional[HotPaths] = None) -> dict:
+def actor_update(args: Args, batch, actor, critic, actor_optimizer, hot: Optional[SimpleNamespace] = None) -> dict:
     """One Adam step of the actor on the MeanFlow loss (`hot`: the functions to run; default eager)."""
     loss, info = (hot or hot_paths()).actor_loss(args, batch, actor, critic)
     return {"losses/actor_loss": common.optimizer_step(actor_optimizer, loss, "losses/actor_loss"), **info}

@@ -1,7 +1,7 @@
 """NC-LQL: schedule, sampler on analytic critics, level embedding, update order, whole runs, bad input."""
 
-import dataclasses
 import math
+import types
 
 import gymnasium as gym
 import pytest
@@ -121,7 +121,7 @@ def test_denoising_step_uses_levels_below_the_finest_and_the_pre_update_target()
             seen.update(levels=level.clone(), q_bar=target.clone())
         return nc_lql.regression_loss(critic_, obs, actions, level, target)
 
-    hot = dataclasses.replace(nc_lql.hot_paths(), regression_loss=spy)
+    hot = types.SimpleNamespace(**{**vars(nc_lql.hot_paths()), "regression_loss": spy})
     nc_lql.critic_update(args, batch, critic, critic_target, optimizer, sigmas, 2, hot)
     assert seen["levels"].min() == 0 and seen["levels"].max() == 8  # 0 .. L-2, the finest level never perturbed
     torch.testing.assert_close(seen["q_bar"], pre_update)

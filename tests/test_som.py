@@ -162,18 +162,18 @@ def test_meanflow_loss_is_zero_for_a_constant_field_and_trains_toward_it():
     assert loss_other > 0.9
 
 
-def test_multi_step_sample_follows_the_exact_average_velocity_in_any_number_of_steps():
+def test_flow_sample_follows_the_exact_average_velocity_in_any_number_of_steps():
     """dz/dt = -z carries z_1 to z_0 = e z_1; MeanFlow steps with its exact average velocity land there in 1 or 8
     (noise within 0.3 of 0, so e z_1 stays inside the box and the clip does nothing)."""
-    noise = torch.rand(16, 2, dtype=torch.float64) * 0.6 - 0.3
+    noise = torch.rand(1, 16, 2, dtype=torch.float64) * 0.6 - 0.3  # one candidate per state
     obs = torch.zeros(16, 1, dtype=torch.float64)
     for steps in (1, 3, 8):
-        z0 = som.multi_step_sample(_ExactDecayMeanFlow(), obs, steps, noise)
+        z0 = som.flow_sample(_ExactDecayMeanFlow(), obs, 1, steps, noise)
         torch.testing.assert_close(z0, math.e * noise)
-    z0 = som.multi_step_sample(_ExactDecayMeanFlow(error=0.1), obs, 1, noise)  # a constant error of 0.1 in u
+    z0 = som.flow_sample(_ExactDecayMeanFlow(error=0.1), obs, 1, 1, noise)  # a constant error of 0.1 in u
     torch.testing.assert_close(z0, math.e * noise - 0.1)
     torch.testing.assert_close(
-        som.multi_step_sample(_ExactDecayMeanFlow(), obs, 8, noise * 3), (math.e * 3 * noise).clamp(-1, 1)
+        som.flow_sample(_ExactDecayMeanFlow(), obs, 1, 8, noise * 3), (math.e * 3 * noise).clamp(-1, 1)
     )
 
 
@@ -238,10 +238,10 @@ def test_one_step_sampling_shapes_bounds_and_best_of_n():
     actor = som.MeanFlowActor(3, 2, 32, 2)
     obs = torch.randn(5, 3)
     with torch.no_grad():
-        cands = som.one_step_sample(actor, obs, 16)
+        cands = som.flow_sample(actor, obs, 16)
         assert cands.shape == (16, 5, 2) and cands.abs().max() <= 1.0
         torch.manual_seed(1)
-        cands = som.one_step_sample(actor, obs, 16)
+        cands = som.flow_sample(actor, obs, 16)
         torch.manual_seed(1)
         chosen = som.sample_actions(actor, _FixedCritic(), obs, 16)
     q = _FixedCritic()(obs, cands).min(0).values  # (16, 5)
@@ -298,7 +298,7 @@ def test_bootstrap_target_evaluates_the_target_critics_at_the_actors_next_action
     batch = (obs, torch.zeros(6, 2), torch.ones(6), next_obs, torch.zeros(6))
     torch.manual_seed(1)
     with torch.no_grad():
-        next_a = som.one_step_sample(actor, next_obs, 1)[0]
+        next_a = som.flow_sample(actor, next_obs, 1)[0]
     torch.manual_seed(1)
     y = som.bootstrap_target(args, batch, actor, _ConstantCritic(), _FixedCritic())
     torch.testing.assert_close(y, 0.2 + 0.9 * _FixedCritic()(next_obs, next_a).min(0).values)
@@ -452,7 +452,7 @@ def test_one_step_actor_reaches_its_target_on_a_fixed_analytic_critic(fit, floor
     actor = train_actor(args, updates=6000, seed=0, compile=True)
     torch.manual_seed(0)
     with torch.no_grad():
-        actions = som.one_step_sample(actor, torch.zeros(4000, 1), 1)[0]
+        actions = som.flow_sample(actor, torch.zeros(4000, 1), 1)[0]
     reward = bandit_reward(actions).mean().item()
     assert reward >= floor, f"one-step mean reward {reward:.3f}"
 
