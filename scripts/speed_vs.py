@@ -1,14 +1,15 @@
 """Compiled speed of this checkout against another one, timed in ONE process with the calls interleaved, so that the
 machine's drift (on a shared 2-core machine the same code varies by up to 1.4x between minutes) falls on both alike.
 
-python scripts/speed_vs.py OTHER_CHECKOUT [--what som_update nc_lql_update nc_lql_action] [--rounds 16] [--eager]
+python scripts/speed_vs.py OTHER_CHECKOUT [--what som_update som_action nc_lql_update nc_lql_action] [--rounds 16]
+                           [--eager]
 
 OTHER_CHECKOUT is a git worktree of another commit (git worktree add /tmp/other <commit>). Each side builds its own
 networks from the same seed and runs its own compiled hot paths on the same batch: SOM's full update (critic and actor
-steps, Polyak) at each side's defaults (the replay fit since commit 88a0f0c), NC-LQL's full update, NC-LQL's
-one-observation action. Prints the median ms of each side and their ratio (this / other). Both checkouts need
-`hot_paths`, `critic_update` (and SOM's `actor_update`, `build_networks`), as every commit since the restructure of
-the scripts has.
+steps, Polyak) at each side's defaults (the replay fit since commit 88a0f0c), SOM's one-step action for 5
+observations, NC-LQL's full update, NC-LQL's one-observation action. Prints the median ms of each side and their
+ratio (this / other). Both checkouts need `hot_paths`, `critic_update` (and SOM's `actor_update`, `build_networks`),
+as every commit since the restructure of the scripts has.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def load(root: str, script: str, name: str):
     return module, sys.modules["common"]
 
 
-def som_update(root: str, tag: str, batch, compile: bool = True):
+def som_parts(root: str, tag: str, batch, compile: bool = True):
     som, common = load(root, "som", f"som_{tag}")
     cpu = torch.device("cpu")
     torch.manual_seed(0)
@@ -55,7 +56,11 @@ def som_update(root: str, tag: str, batch, compile: bool = True):
         som.actor_update(args, batch, actor, critic, actor_opt, hot)
         common.polyak_update(critic_target, critic, args.tau)
 
-    return step
+    @torch.no_grad()
+    def action():  # collecting: one one-step action for each of the default --num-envs 5 observations
+        hot.sample_actions(actor, critic, batch[0][:5], 1)
+
+    return step, action
 
 
 def nc_lql_parts(root: str, tag: str, batch, compile: bool = True):
@@ -97,8 +102,8 @@ def race(fns: dict, rounds: int, calls: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("other", help="the other checkout (a git worktree)")
-    p.add_argument("--what", nargs="+", default=["som_update", "nc_lql_update", "nc_lql_action"],
-                   choices=["som_update", "nc_lql_update", "nc_lql_action"])  # fmt: skip
+    what = ["som_update", "som_action", "nc_lql_update", "nc_lql_action"]
+    p.add_argument("--what", nargs="+", default=what, choices=what)
     p.add_argument("--rounds", type=int, default=16)
     p.add_argument("--eager", action="store_true", help="time the eager functions instead of the compiled ones")
     cli = p.parse_args()
@@ -116,9 +121,12 @@ def main() -> None:
     )
     print("| what | this (ms) | other (ms) | this / other |\n|---|---:|---:|---:|")
     rows = []
-    if "som_update" in cli.what:
-        fns = {tag: som_update(root, tag, batch, not cli.eager) for tag, root in roots.items()}
-        rows.append(("SOM full update", race(fns, cli.rounds, 3)))
+    if {"som_update", "som_action"} & set(cli.what):
+        parts = {tag: som_parts(root, tag, batch, not cli.eager) for tag, root in roots.items()}
+        if "som_update" in cli.what:
+            rows.append(("SOM full update", race({t: p[0] for t, p in parts.items()}, cli.rounds, 3)))
+        if "som_action" in cli.what:
+            rows.append(("SOM one-step action, 5 observations", race({t: p[1] for t, p in parts.items()}, 40, 20)))
     if {"nc_lql_update", "nc_lql_action"} & set(cli.what):
         parts = {tag: nc_lql_parts(root, tag, batch, not cli.eager) for tag, root in roots.items()}
         if "nc_lql_update" in cli.what:
