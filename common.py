@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import warnings
+from types import SimpleNamespace
 from typing import Callable, Optional
 
 import gymnasium as gym
@@ -291,6 +292,12 @@ def compile_hot(fn: Callable, device: torch.device) -> Callable:
     options = {"realize_opcount_threshold": 8}
     options["triton.cudagraphs" if device.type == "cuda" else "cpp_wrapper"] = True
     return torch.compile(fn, dynamic=False, options=options)
+
+
+def hot_functions(functions: list[Callable], compile: bool, device: Optional[torch.device] = None) -> SimpleNamespace:
+    """`functions` by name, as they are or with `compile` each through compile_hot (each script's `hot_paths`)."""
+    device = device or torch.device("cpu")
+    return SimpleNamespace(**{fn.__name__: compile_hot(fn, device) if compile else fn for fn in functions})
 
 
 @torch.no_grad()

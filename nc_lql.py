@@ -292,9 +292,7 @@ def update_targets(args: Args, batch, critic, critic_target, sigmas: torch.Tenso
 def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> SimpleNamespace:
     """The functions a run calls at every step, by name: these eager ones, or with --compile compiled copies (the
     same math, tests/test_compile.py). critic_update takes them as `hot`."""
-    eager = [sample_actions, update_targets, regression_loss]
-    device = device or torch.device("cpu")
-    return SimpleNamespace(**{fn.__name__: common.compile_hot(fn, device) if compile else fn for fn in eager})
+    return common.hot_functions([sample_actions, update_targets, regression_loss], compile, device)
 
 
 def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: torch.Tensor, act_dim: int,

@@ -429,9 +429,7 @@ def actor_diagnostics(args: Args, batch, actor, critic) -> dict:
 def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> SimpleNamespace:
     """The functions a run calls at every step, by name: these eager ones, or with --compile compiled copies (the
     same math, tests/test_compile.py). The update functions take them as `hot`."""
-    eager = [sample_actions, bootstrap_target, critic_loss, actor_loss]
-    device = device or torch.device("cpu")
-    return SimpleNamespace(**{fn.__name__: common.compile_hot(fn, device) if compile else fn for fn in eager})
+    return common.hot_functions([sample_actions, bootstrap_target, critic_loss, actor_loss], compile, device)
 
 
 def critic_update(args: Args, batch, actor, critic, critic_target, critic_optimizer,
