@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
+from gymnasium.envs.registration import find_highest_version
 from gymnasium.vector import AutoresetMode
 from tqdm import tqdm
 
@@ -62,8 +63,6 @@ class RunArgs:
 
 
 # ---------------------------------------------------------------- bad input: one sentence, exit status 2
-
-
 class UserInputError(SystemExit):
     """Bad input from the user: prints `error: <message>` to stderr and exits with status 2."""
 
@@ -108,29 +107,23 @@ def validate_run(args) -> None:
     validate_env_id(args.env_id)
 
 
-OUT_OF_DATE = ".*The environment \\S+ is out of date"  # gymnasium's warning for an older id such as Hopper-v4
+# gymnasium warns that an older id such as Hopper-v4 is out of date; validate_env_id says it once, as a note
+warnings.filterwarnings("ignore", message=".*The environment \\S+ is out of date")
 
 
 def validate_env_id(env_id: str) -> None:
-    """A registered id with bounded Box actions; gymnasium's "out of date" warning for the papers' -v4 ids becomes one
-    plain note, then is silenced for the rest of the process."""
+    """A registered id with bounded Box actions; for an id that is not the newest version, one note."""
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            env = gym.make(env_id)
+        env = gym.make(env_id)
     except ImportError:  # "module:Env-v0" whose module does not import
         raise UserInputError(f"could not import module {env_id.split(':')[0]!r} of environment {env_id!r}.") from None
     except gym.error.Error as exc:  # gymnasium's own hint: "Did you mean: `Hopper`?", or the versions it has
         raise UserInputError(f"unknown environment id {env_id!r} ({str(exc).rstrip('.')}).") from None
-    space = env.action_space
+    space, spec = env.action_space, env.spec
     env.close()
-    for warning in caught:
-        if re.match(OUT_OF_DATE, str(warning.message)):
-            print(f"note: {env_id} is not the newest version of this environment; the papers' protocol uses the "
-                  "MuJoCo -v4 ids on purpose.", flush=True)  # fmt: skip
-            warnings.filterwarnings("ignore", message=OUT_OF_DATE)
-        else:
-            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    if spec.version is not None and spec.version < find_highest_version(spec.namespace, spec.name):
+        print(f"note: {env_id} is not the newest version of this environment; the papers' protocol uses the MuJoCo "
+              "-v4 ids on purpose.", flush=True)  # fmt: skip
     require(isinstance(space, gym.spaces.Box), f"{env_id} has a {type(space).__name__} action space; this "
             "algorithm needs continuous (Box) actions.")  # fmt: skip
     require(bool(np.isfinite(space.low).all() and np.isfinite(space.high).all()),
@@ -154,8 +147,6 @@ def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
 
 
 # ---------------------------------------------------------------- environments (gymnasium 1.x) and evaluation
-
-
 def make_env(env_id: str, seed: int, capture_video_dir: Optional[str] = None) -> Callable[[], gym.Env]:
     """A thunk: raw episode returns recorded, actions rescaled to [-1, 1], videos of gymnasium's episodes 0, 1, 8,
     27, ... in `capture_video_dir` if given."""
@@ -201,9 +192,7 @@ def finished_episodes(infos: dict) -> list[tuple[float, int]]:
 def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, num_episodes: int, seed: int, device):
     """One episode in each of `num_episodes` sub-envs, one policy call per step (obs (E, S) tensor -> actions in
     [-1, 1]). Returns (returns, lengths)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=OUT_OF_DATE)
-        envs = gym.vector.SyncVectorEnv([make_env(env_id, seed + i) for i in range(num_episodes)])
+    envs = gym.vector.SyncVectorEnv([make_env(env_id, seed + i) for i in range(num_episodes)])
     obs, _ = envs.reset(seed=seed)
     returns, lengths = np.zeros(num_episodes), np.zeros(num_episodes, dtype=np.int64)
     done = np.zeros(num_episodes, dtype=bool)
@@ -219,8 +208,6 @@ def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, num_ep
 
 
 # ---------------------------------------------------------------- videos: offscreen MuJoCo (EGL, else OSMesa)
-
-
 def _gl_backend_works(backend: str) -> bool:
     """Whether MuJoCo opens an offscreen context with `backend`, tried in a child process (a failed try would leave
     PyOpenGL bound to that platform in this one)."""
@@ -272,8 +259,6 @@ def make_video_env(env_id: str, folder: str, episode_trigger: Optional[Callable[
 
 
 # ---------------------------------------------------------------- the scripts' activation, --compile, Polyak
-
-
 def mish(x: torch.Tensor) -> torch.Tensor:
     """Mish(x) = x tanh(softplus(x)), the NC-LQL release's activation. Compiled: tanh(softplus(x)) = p / (p + 2),
     p = n (n + 2), n = e^x (x clamped at 20, where the ratio is 1 in float32): one exp that inductor fuses, 1.7x
@@ -307,8 +292,6 @@ def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 
 
 # ---------------------------------------------------------------- logging and progress
-
-
 class Logger:
     """TensorBoard events under the run directory, mirrored to wandb with `track`. `resume_step`: continue a run's
     event file, dropping what was logged after its checkpoint."""
@@ -435,7 +418,6 @@ class Progress:
 
 
 # ---------------------------------------------------------------- saved models and checkpoints
-
 FILE_FORMAT = 2  # the layout of saved models and checkpoints; files of another layout are refused
 BUFFER_FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
 
@@ -564,8 +546,6 @@ def resume_args(args, path: str, algorithm: str, cli: Optional[list[str]] = None
 
 
 # ---------------------------------------------------------------- the loop's plumbing
-
-
 class NonFiniteError(RuntimeError):
     """A loss, an action, a reward or an observation became NaN or inf; the message says which."""
 

@@ -94,8 +94,6 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
 
 
 # ==== Noise levels and step sizes ====================================================================================
-
-
 def noise_schedule(num_levels: int, sigma_max: float, sigma_min: float) -> list[float]:
     """sigma_l = exp(linspace(log sigma_max, log sigma_min, L))[l], l = 0 (coarsest) .. L-1 (finest)."""
     if num_levels == 1:
@@ -119,8 +117,6 @@ def sampler_schedule(args: Args) -> tuple[list[int], list[float]]:
 
 
 # ==== Noise-conditioned twin critic ==================================================================================
-
-
 def level_features(level: torch.Tensor, dim: int = 16, base: float = 10_000.0) -> torch.Tensor:
     """Sinusoidal features of the integer level, scaled by 1 / sqrt(dim): (...,) -> (..., dim)."""
     freqs = base ** (-torch.arange(dim // 2, dtype=torch.float32, device=level.device) / (dim // 2))
@@ -140,8 +136,7 @@ class TwinLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(2, 1, out_dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (1 or 2, rows, in) @ (2, in, out): matmul broadcasts a shared input; baddbmm on it expanded to both critics
-        # compiled slower (docs/speed.md)
+        # matmul broadcasts an input both critics share (faster compiled than baddbmm on it expanded, docs/speed.md)
         out = torch.matmul(x.reshape(x.shape[0], -1, x.shape[-1]), self.weight)
         out = out if self.bias is None else out + self.bias
         return out.view(2, *x.shape[1:-1], out.shape[-1])
@@ -196,8 +191,6 @@ class NoiseConditionedTwinCritic(nn.Module):
 
 
 # ==== Replay buffer (tensors on the training device; sampling is one gather) =========================================
-
-
 class ReplayBuffer:
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
         self.capacity, self.device, self.size, self.pos = capacity, device, 0, 0
@@ -220,8 +213,6 @@ class ReplayBuffer:
 
 
 # ==== Annealed Langevin sampler ======================================================================================
-
-
 def langevin_noise(num_chains: int, batch_size: int, act_dim: int, num_steps: int, device) -> tuple:
     """The sampler's randomness drawn up front: the uniform start (N, B, A) in the box and every step's Gaussian kick
     (num_steps, N, B, A). Passed in, the sampler is deterministic (eager and compiled compared on the same draws)."""
@@ -262,8 +253,6 @@ def sample_actions(critic: NoiseConditionedTwinCritic, obs: torch.Tensor, args: 
 
 
 # ==== Critic losses and the two-step update ==========================================================================
-
-
 def regression_loss(critic, obs, actions, level, target) -> torch.Tensor:
     """Sum over both critics of mean_b (Q_i(s, a, l) - target)^2: the TD step (clean level, target y) and the
     denoising step (l < L-1, a perturbed by sigma_l, target qbar: Q(., ., l) becomes Q smoothed at scale sigma_l)."""
@@ -313,8 +302,6 @@ def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: t
 
 
 # ==== Saved models and validation ====================================================================================
-
-
 def load_policy(path: str, device: str = "cpu"):
     """(policy, args) from a --save-model file or a checkpoint.pt: policy(obs (B, S)) -> actions in [-1, 1]."""
     payload = common.load_model(path, ALGORITHM)
@@ -335,8 +322,6 @@ def validate(args: Args) -> None:
 
 
 # ==== Training =======================================================================================================
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     """Train from the command line `argv` (default: sys.argv[1:])."""
     args = tyro.cli(Args, args=argv)

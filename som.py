@@ -113,8 +113,6 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
 
 
 # ==== VP schedule: beta(t) = beta_min + t (beta_max - beta_min),  a_t = mu(t) a_0 + sigma(t) eps =====================
-
-
 def vp_beta(t: torch.Tensor, beta_min: float, beta_max: float) -> torch.Tensor:
     return beta_min + t * (beta_max - beta_min)
 
@@ -126,8 +124,6 @@ def vp_mu_sigma(t: torch.Tensor, beta_min: float, beta_max: float) -> tuple[torc
 
 
 # ==== Networks ========================================================================================================
-
-
 def time_embedding(t: torch.Tensor, dim: int = 16, max_freq: float = 20.0) -> torch.Tensor:
     """Sinusoidal features of t in [0, 1] at frequencies 1 .. max_freq rad: (..., 1) -> (..., dim). Low frequencies
     keep du/dt (the JVP in the MeanFlow target) small; t * 1000 would make it explode."""
@@ -176,8 +172,7 @@ class TwinLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(2, 1, out_dim).uniform_(-bound, bound)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (1 or 2, rows, in) @ (2, in, out): matmul broadcasts a shared input; baddbmm on it expanded to both critics
-        # compiled slower (docs/speed.md)
+        # matmul broadcasts an input both critics share (faster compiled than baddbmm on it expanded, docs/speed.md)
         out = torch.matmul(x.reshape(x.shape[0], -1, x.shape[-1]), self.weight)
         out = out if self.bias is None else out + self.bias
         return out.view(2, *x.shape[1:-1], out.shape[-1])
@@ -205,8 +200,6 @@ class TwinCritic(nn.Module):
 
 
 # ==== Replay buffer (tensors on the training device; sampling is one gather) ==========================================
-
-
 class ReplayBuffer:
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
         self.capacity, self.device, self.size, self.pos = capacity, device, 0, 0
@@ -229,8 +222,6 @@ class ReplayBuffer:
 
 
 # ==== 1. Score of the noised Boltzmann policy, estimated from the critic with K Monte-Carlo proposals =================
-
-
 def truncated_normal_in_box(mean: torch.Tensor, std: torch.Tensor, num_samples: int) -> torch.Tensor:
     """K draws of N(mean, std^2) truncated to [-1, 1] per dimension by inverse-CDF sampling: (B, A) -> (K, B, A). In
     float64 and mirrored so the box lies at or below the mean, where the CDF keeps its relative precision (std ~150
@@ -287,8 +278,6 @@ def score_estimate(q_fn: Callable, obs: torch.Tensor, noised_action: torch.Tenso
 
 
 # ==== 2. Target velocity: the probability-flow ODE of the VP diffusion ================================================
-
-
 def target_velocity(noised_action: torch.Tensor, score: torch.Tensor, t: torch.Tensor, w: float, beta_min: float,
                     beta_max: float, unit_normalise: bool = False) -> torch.Tensor:  # fmt: skip
     """v(a_t, t) = -0.5 beta(t) (a_t + w s), s = score or score / (||score|| + 1e-6): with w = 1 and the exact score
@@ -299,8 +288,6 @@ def target_velocity(noised_action: torch.Tensor, score: torch.Tensor, t: torch.T
 
 
 # ==== 3. MeanFlow: time pairs, the JVP target and the adaptive loss ===================================================
-
-
 def sample_time_pair(batch_size: int, t_min: float, flow_matching_fraction: float, device):
     """(r, t), each (B, 1): t ~ U[t_min, 1 - t_min], r ~ U[0, t], and r = t on a `flow_matching_fraction` of rows."""
     t = t_min + (1.0 - 2.0 * t_min) * torch.rand(batch_size, 1, device=device)
@@ -340,8 +327,6 @@ def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_power: flo
 
 
 # ==== 4. Acting: one network evaluation per candidate, best of N by the critics =======================================
-
-
 def flow_sample(actor: MeanFlowActor, obs: torch.Tensor, num_candidates: int, num_steps: int = 1,
                 noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
     """N samples per state of the actor's flow from noise eps (t = 1) to an action (t = 0) in `num_steps` equal
@@ -372,8 +357,6 @@ def sample_actions(actor: MeanFlowActor, critic: TwinCritic, obs: torch.Tensor, 
 
 
 # ==== 5. Critic: TD target without an entropy term; the two updates ===================================================
-
-
 def td_target(critic_target: TwinCritic, next_obs, next_action, reward, terminated, gamma: float,
               reward_scale: float) -> torch.Tensor:  # fmt: skip
     """y = reward_scale r + gamma (1 - terminated) min_j Qtarget_j(s', a'). Truncation is not termination."""
@@ -427,8 +410,7 @@ def actor_diagnostics(args: Args, batch, actor, critic) -> dict:
 
 
 def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> SimpleNamespace:
-    """The functions a run calls at every step, by name: these eager ones, or with --compile compiled copies (the
-    same math, tests/test_compile.py). The update functions take them as `hot`."""
+    """The per-step functions by name, eager or (--compile) compiled copies of the same math; the updates take `hot`."""
     return common.hot_functions([sample_actions, bootstrap_target, critic_loss, actor_loss], compile, device)
 
 
@@ -449,8 +431,6 @@ def actor_update(args: Args, batch, actor, critic, actor_optimizer, hot: Optiona
 
 
 # ==== Saved models and input checks ===================================================================================
-
-
 def build_networks(args: Args, obs_dim: int, act_dim: int, device):
     actor = MeanFlowActor(obs_dim, act_dim, args.hidden_dim, args.num_hidden).to(device)
     return actor, TwinCritic(obs_dim, act_dim, args.hidden_dim, args.num_hidden).to(device)
@@ -472,22 +452,17 @@ def validate(args: Args) -> None:
     """Every flag in its valid range, then the env id; anything else stops with one sentence (exit status 2)."""
     optional = [name for name in ("num_target_candidates", "num_collect_candidates") if getattr(args, name) is not None]
     common.check_positive(args, ["actor_lr", "num_mc_samples", "beta_max", "alpha", "w", "num_candidates", *optional])
-    for name, valid, what in [
-        ("num_mc_samples", args.num_mc_samples >= 2, "at least 2"),
-        ("beta_min", args.beta_min >= 0, "at least 0"),
-        ("t_min", 0 < args.t_min < 0.5, "in (0, 0.5)"),
-        ("flow_matching_fraction", 0 <= args.flow_matching_fraction <= 1, "in [0, 1]"),
-        ("adaptive_power", args.adaptive_power >= 0, "at least 0"),
-    ]:
-        common.require_flag(args, name, valid, what)
+    common.require_flag(args, "num_mc_samples", args.num_mc_samples >= 2, "at least 2")
+    common.require_flag(args, "beta_min", args.beta_min >= 0, "at least 0")
+    common.require_flag(args, "t_min", 0 < args.t_min < 0.5, "in (0, 0.5)")
+    common.require_flag(args, "flow_matching_fraction", 0 <= args.flow_matching_fraction <= 1, "in [0, 1]")
+    common.require_flag(args, "adaptive_power", args.adaptive_power >= 0, "at least 0")
     common.require(args.beta_min < args.beta_max,
                    f"--beta-min ({args.beta_min}) must be below --beta-max ({args.beta_max}).")  # fmt: skip
     common.validate_run(args)
 
 
 # ==== Training ========================================================================================================
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     """Train from the command line `argv` (default: sys.argv[1:])."""
     args = tyro.cli(Args, args=argv)
@@ -510,8 +485,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
-    # global_step, updates, when to log / evaluate / checkpoint (set by Run), how often actions hit the box edge:
-    # saved in checkpoints and restored on --resume
+    # the loop's counters (Run adds global_step and updates), saved in checkpoints and restored on --resume
     step = {"bound_hits": 0.0, "acting_steps": 0}
     run = common.Run(ALGORITHM, args, run_dir, envs, {"actor": actor, "critic": critic, "critic_target": critic_target},
                      {"actor": actor_optimizer, "critic": critic_optimizer}, rb, step)  # fmt: skip
