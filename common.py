@@ -1,7 +1,5 @@
-"""Plumbing shared by som.py and nc_lql.py: run flags and their checks, environments, evaluation, videos, logging,
-checkpoints and the loop's bookkeeping. Nothing algorithmic lives here (no network, loss, sampler or update rule):
-copy this file next to one of the scripts to use that script in another codebase.
-"""
+"""Plumbing shared by som.py and nc_lql.py: flags and their checks, environments, evaluation, videos, logging,
+checkpoints and the loop's bookkeeping. No network, loss, sampler or update rule: copy it next to either script."""
 
 from __future__ import annotations
 
@@ -10,7 +8,6 @@ import dataclasses
 import math
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -175,9 +172,8 @@ def real_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:
     """The observation each sub-env really reached: the final one where an episode just ended."""
     if "_final_obs" not in infos:  # the common case: no episode ended, no copy
         return next_obs
-    real = next_obs.copy()
-    for i in np.flatnonzero(infos["_final_obs"]):
-        real[i] = infos["final_obs"][i]
+    real, ended = next_obs.copy(), infos["_final_obs"]
+    real[ended] = np.stack(infos["final_obs"][ended])
     return real
 
 
@@ -260,9 +256,8 @@ def make_video_env(env_id: str, folder: str, episode_trigger: Optional[Callable[
 
 # ---------------------------------------------------------------- the scripts' activation, --compile, Polyak
 def mish(x: torch.Tensor) -> torch.Tensor:
-    """Mish(x) = x tanh(softplus(x)), the NC-LQL release's activation. Compiled: tanh(softplus(x)) = p / (p + 2),
-    p = n (n + 2), n = e^x (x clamped at 20, where the ratio is 1 in float32): one exp that inductor fuses, 1.7x
-    faster than torch's lowering here (docs/speed.md); equal to torch's kernel to 2e-6 (tests/test_compile.py)."""
+    """Mish(x) = x tanh(softplus(x)), the NC-LQL release's activation. Compiled: one exp that inductor fuses
+    (docs/speed.md), tanh(softplus(x)) = p / (p + 2), p = n (n + 2), n = e^x, x clamped at 20 (the ratio is 1 there)."""
     if torch.compiler.is_compiling():
         n = torch.exp(x.clamp(max=20.0))
         p = n * (n + 2.0)
@@ -271,9 +266,8 @@ def mish(x: torch.Tensor) -> torch.Tensor:
 
 
 def compile_hot(fn: Callable, device: torch.device) -> Callable:
-    """torch.compile on one hot function (LeanRL's pattern), one graph per input shape. realize_opcount_threshold=8
-    stops inductor recomputing Mish's derivative inside the reductions of a one-row input gradient (2.9 -> 1.9 ms
-    per NC-LQL action); CUDA graphs on the GPU, a C++ wrapper on the CPU (1.9 -> 1.3 ms, one thread)."""
+    """torch.compile on one hot function (LeanRL's pattern), one graph per input shape; CUDA graphs on the GPU, a C++
+    wrapper on the CPU, and Mish's derivative not recomputed inside reductions (docs/speed.md: what each saves)."""
     options = {"realize_opcount_threshold": 8}
     options["triton.cudagraphs" if device.type == "cuda" else "cpp_wrapper"] = True
     return torch.compile(fn, dynamic=False, options=options)
@@ -357,26 +351,12 @@ def start_wandb(run_dir: str, args, project: str, entity: Optional[str], resumin
         wandb.init(project=project, entity=entity, sync_tensorboard=True, config=vars(args), save_code=True,
                    name=os.path.basename(run_dir), resume="allow" if resuming else None)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - wandb raises many kinds (UsageError, CommError, timeouts)
-        reason = re.split(r"(?<=\.)\s", " ".join(str(exc).split("\n")[0].split()))[0] or type(exc).__name__
+        reason = " ".join(str(exc).split("\n")[0].split()).split(". ")[0] or type(exc).__name__  # its first sentence
         with contextlib.suppress(Exception):
             wandb.finish(exit_code=1, quiet=True)
         raise UserInputError(f"--track could not start Weights and Biases ({reason.rstrip('.')}): run `wandb login`, "
                              "or log offline with WANDB_MODE=offline (upload later with `wandb sync "
                              "wandb/offline-run-*`).") from None  # fmt: skip
-
-
-class _Lines:
-    """A stream for tqdm off a terminal (a log file, Slurm's output): each redraw becomes one plain line."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        if text.strip():
-            print(text.replace("\r", "").strip(), file=self.stream, flush=True)
-
-    def flush(self) -> None:
-        self.stream.flush()
 
 
 class Progress:
@@ -387,12 +367,18 @@ class Progress:
     def __init__(self, total_steps: int, learning_starts: int, start_step: int = 0, stream=None):
         self.total, self.learning_starts, self.stream = total_steps, learning_starts, stream or sys.stdout
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+        def plain_line(text: str) -> None:  # off a terminal (a log file, Slurm's output): one line per redraw
+            if text.strip():
+                print(text.replace("\r", "").strip(), file=self.stream, flush=True)
+
+        self.lines = SimpleNamespace(write=plain_line, flush=self.stream.flush)
         self.bar = self._bar(start_step)
 
     def _bar(self, step: int) -> tqdm:
         warmup = step < self.learning_starts
         return tqdm(total=self.learning_starts if warmup else self.total, initial=step, unit=" steps",
-                    desc="warm-up" if warmup else "training", file=self.stream if self.tty else _Lines(self.stream),
+                    desc="warm-up" if warmup else "training", file=self.stream if self.tty else self.lines,
                     mininterval=0.5 if self.tty else 60.0, smoothing=0.5, dynamic_ncols=self.tty, ascii=not self.tty,
                     miniters=1)  # fmt: skip
 

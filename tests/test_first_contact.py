@@ -1,5 +1,6 @@
 """What a new user meets first: a range check for every numeric flag, --resume PATH alone, the progress bar, the
-device line, the -v4 note, --track offline and without a login, and the plug-in example of docs/api.md."""
+device line, the -v4 note, --track offline and without a login, the plug-in example of docs/api.md, and a script
+with common.py copied into a folder of their own."""
 
 import dataclasses
 import glob
@@ -368,3 +369,27 @@ def test_the_plug_in_example_of_docs_api_runs():
     assert namespace["score"].shape == (8, 6) and torch.isfinite(namespace["score"]).all()
     chains = namespace["chains"]
     assert chains.shape == (1, 8, 6) and chains.abs().max() <= 1
+
+
+# -------------------------------------------------------------------------------------------------- copied alone
+@pytest.mark.parametrize("script", ["som.py", "nc_lql.py"])
+def test_a_script_and_common_py_copied_alone_train_save_and_load(tmp_path, script):
+    """The script and common.py in a folder of their own, outside any checkout and without tests/ or scripts/ on the
+    path: a short run trains and saves its model, and the copy's load_policy plays it."""
+    for name in (script, "common.py"):
+        with open(os.path.join(ROOT, name)) as src, open(tmp_path / name, "w") as dst:
+            dst.write(src.read())
+    env = {k: v for k, v in script_env().items() if k != "PYTHONPATH"}
+    extra = ["--num-mc-samples", "4", "--num-candidates", "2"] if script == "som.py" else []
+    cli = [*NC_TINY, *extra, "--no-cuda", "--save-model", "--run-dir", "runs"]
+    proc = subprocess.run([sys.executable, script, *cli], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (model,) = glob.glob(str(tmp_path / "runs" / "*" / "*.pt"))
+    play = (
+        "import sys, torch, {m}; policy, args = {m}.load_policy(sys.argv[1]); a = policy(torch.zeros(5, 3)); "
+        "assert a.shape == (5, 1) and a.abs().max() <= 1, a; print(args.env_id)"
+    )
+    loaded = subprocess.run([sys.executable, "-c", play.format(m=script[:-3]), model], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "Pendulum-v1", loaded.stderr[-3000:]
