@@ -366,13 +366,13 @@ class Progress:
 
     def __init__(self, total_steps: int, learning_starts: int, start_step: int = 0, stream=None):
         self.total, self.learning_starts, self.stream = total_steps, learning_starts, stream or sys.stdout
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty, stream = bool(getattr(self.stream, "isatty", lambda: False)()), self.stream
 
         def plain_line(text: str) -> None:  # off a terminal (a log file, Slurm's output): one line per redraw
             if text.strip():
-                print(text.replace("\r", "").strip(), file=self.stream, flush=True)
+                print(text.replace("\r", "").strip(), file=stream, flush=True)  # `stream`, not self: no cycle
 
-        self.lines = SimpleNamespace(write=plain_line, flush=self.stream.flush)
+        self.lines = SimpleNamespace(write=plain_line, flush=stream.flush)
         self.bar = self._bar(start_step)
 
     def _bar(self, step: int) -> tqdm:

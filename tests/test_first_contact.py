@@ -3,6 +3,7 @@ device line, the -v4 note, --track offline and without a login, the plug-in exam
 with common.py copied into a folder of their own."""
 
 import dataclasses
+import gc
 import glob
 import io
 import math
@@ -15,6 +16,7 @@ import typing
 import pytest
 import torch
 from helpers import ROOT, assert_one_sentence_error, run_script, script_env
+from tqdm import tqdm
 
 import common
 import nc_lql
@@ -277,6 +279,17 @@ def test_progress_rate_follows_the_recent_speed(clock):
     _drive(progress, clock, 10, 10_010, 100.0)  # 100 s at 100 steps/s
     _drive(progress, clock, 10_010, 16_010, 10.0)  # then 600 s at 10 steps/s
     assert progress.rate() == pytest.approx(10.0, rel=0.15)
+
+
+def test_a_progress_dropped_unclosed_leaves_no_bar_behind():
+    """Freed at once (no reference cycle), so a later bar is drawn at the top line, not below a dead one."""
+    gc.disable()
+    try:
+        before = len(tqdm._instances)
+        common.Progress(1000, 100, stream=io.StringIO())
+        assert len(tqdm._instances) == before
+    finally:
+        gc.enable()
 
 
 def test_progress_on_a_terminal_is_a_bar_with_messages_above_it(clock):
