@@ -9,6 +9,7 @@ import io
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import typing
@@ -390,8 +391,7 @@ def test_a_script_and_common_py_copied_alone_train_save_and_load(tmp_path, scrip
     """The script and common.py in a folder of their own, outside any checkout and without tests/ or scripts/ on the
     path: a short run trains and saves its model, and the copy's load_policy plays it."""
     for name in (script, "common.py"):
-        with open(os.path.join(ROOT, name)) as src, open(tmp_path / name, "w") as dst:
-            dst.write(src.read())
+        shutil.copy(os.path.join(ROOT, name), tmp_path)
     env = {k: v for k, v in script_env().items() if k != "PYTHONPATH"}
     extra = ["--num-mc-samples", "4", "--num-candidates", "2"] if script == "som.py" else []
     cli = [*NC_TINY, *extra, "--no-cuda", "--save-model", "--run-dir", "runs"]
