@@ -38,7 +38,7 @@ class RunArgs:
     cuda: bool = True
     """train on the GPU when there is one, else on the CPU (the first lines of a run say which); --no-cuda: the CPU"""
     compile: bool = False
-    """torch.compile the hot paths: the same math, several times faster after tens of seconds of compiling per graph"""
+    """torch.compile the hot paths: the same math, faster (docs/speed.md) after tens of seconds compiling per graph"""
     track: bool = False
     """mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "run"

@@ -103,7 +103,8 @@ def noise_schedule(num_levels: int, sigma_max: float, sigma_min: float) -> list[
 
 
 def langevin_step_sizes(sigmas: list[float], step_lr: float) -> list[float]:
-    """eps_l = step_lr (sigma_l / sigma_min)^2, sigma_min = sigmas[-1]: 1.0 at the coarsest level down to step_lr."""
+    """eps_l = step_lr (sigma_l / sigma_min)^2, sigma_min = sigmas[-1]: from step_lr (sigma_max / sigma_min)^2 (1.0
+    with the defaults) at the coarsest level down to step_lr."""
     return [step_lr * (s / sigmas[-1]) ** 2 for s in sigmas]
 
 
@@ -369,8 +370,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             rb.add(obs, real_next_obs, actions, rewards, terminated)
             obs = next_obs
 
-            # ---- learn: one two-step critic update per vector step ----
-            if global_step >= args.learning_starts:
+            # ---- learn: one two-step critic update per vector step, once the buffer holds --learning-starts rows ----
+            if global_step >= args.learning_starts and rb.size >= min(args.learning_starts, rb.capacity):
                 update_info = critic_update(args, rb.sample(args.batch_size), critic, critic_target, optimizer,
                                             sigmas, act_dim, hot)  # fmt: skip
                 common.polyak_update(critic_target, critic, args.tau)

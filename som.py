@@ -18,9 +18,9 @@ Only the abstract is public and there is no released code: each reconstructed Ar
 [third-party] or [ours], and docs/som.md gives the evidence for each. Our default score is the posterior-mean (Tweedie)
 form, from critic forward passes only,
     a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box,   w_k = softmax_k(Qn(s, a0_k) / alpha),
-    score = (mu sum_k w_k a0_k - a_t) / sigma^2;
-the third party's is `--score-estimator idem --score-norm --q-norm batch`. The actor is fitted at the batch's
-replay actions noised to t. Run: python som.py --env-id Hopper-v4 [--compile]
+    score = (mu sum_k w_k a0_k - a_t) / sigma^2,   Qn = Q standardised over the K proposals (alpha is relative to
+their spread; exactly exp(Q / alpha): --q-norm none). The third party's form: `--score-estimator idem --score-norm
+--q-norm batch`. The actor is fitted at the batch's replay actions noised to t. Run: python som.py --env-id Hopper-v4
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ class MeanFlowActor(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_hidden: int):
         super().__init__()
-        self.act_dim, fan_in = act_dim, obs_dim + act_dim + 32
+        self.act_dim, fan_in = act_dim, obs_dim + act_dim + 32  # 32: emb(t) and emb(t - r), 16 each
         self.obs_in = linear(obs_dim, hidden_dim, fan_in)
         self.action_in = linear(act_dim, hidden_dim, fan_in, bias=False)
         self.time_in = linear(32, hidden_dim, fan_in, bias=False)
@@ -235,7 +235,7 @@ def truncated_normal_in_box(mean: torch.Tensor, std: torch.Tensor, num_samples: 
 
 
 def normalise_q(q: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standardise Q (K, B) per state or over the batch ("none": raw); returns (Qn, std as (K or 1, B or 1, 1))."""
+    """Standardise Q (K, B) per state or over the batch ("none": raw); returns (Qn, std as (1, B or 1, 1))."""
     if mode == "none":
         return q, torch.ones_like(q[:1]).unsqueeze(-1)
     dims = (0,) if mode == "state" else (0, 1)
@@ -251,7 +251,7 @@ def score_estimate(q_fn: Callable, obs: torch.Tensor, noised_action: torch.Tenso
     tweedie: a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box, w = softmax_k(Qn(a0_k) / alpha),
              score = (mu sum_k w_k a0_k - a_t) / sigma^2             (Tweedie: E[a0 | a_t] from the posterior)
     idem:    a0_k = a_t / mu + (sigma / mu) eps_k,
-             score = grad_{a_t} logsumexp_k Qn(a0_k) / alpha = (1 / mu) sum_k w_k grad_a Qn(a0_k) / alpha
+             score = (1 / mu) sum_k w_k grad_a Qn(a0_k) / alpha = grad_{a_t} logsumexp_k Qn / alpha, Qn's mean/std fixed
     q_fn(obs (B, S), actions (K, B, A)) -> Q (K, B); a_t (B, A), t (B, 1); under no_grad (idem uses torch.func.grad).
     Returns the score (B, A) and, for the logs, its norm and the softmax's effective sample size 1 / sum_k w_k^2."""
     mu, sigma = vp_mu_sigma(t, beta_min, beta_max)
@@ -309,7 +309,7 @@ def adaptive_weighted(sq_err: torch.Tensor, power: float, eps: float = 1e-3) -> 
     return (sq_err / (sq_err.detach() + eps).pow(power)).mean()
 
 
-def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_power: float = 1.0,
+def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_power: float = 0.5,
                   diagnostics: bool = False) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """adaptive_weighted(d), d_b = mean_dims (u - u_tgt)^2: u with gradient, the target (and its JVP) without, the
     same gradient as MeanFlow's stop-gradient. `diagnostics`: also the target's norms and the error by range of t."""
@@ -404,9 +404,9 @@ def actor_diagnostics(args: Args, batch, actor, critic) -> dict:
     20-step flow (one_step_q_gap > 0: the shortcut lands on worse actions than the flow it was fitted to)."""
     with torch.no_grad():
         _, info = actor_loss(args, batch, actor, critic, diagnostics=True)
-        obs = batch[0]
-        q_flow, q_one_step = critic(obs, flow_sample(actor, obs, 1, 20)), critic(obs, flow_sample(actor, obs, 1))
-        return {**info, "losses/one_step_q_gap": q_flow.mean() - q_one_step.mean()}
+        obs, noise = batch[0], torch.randn(1, *batch[1].shape, device=batch[1].device)  # one eps for both, paired
+        q_flow, q_one_step = (critic(obs, flow_sample(actor, obs, 1, steps, noise)).mean() for steps in (20, 1))
+        return {**info, "losses/one_step_q_gap": q_flow - q_one_step}
 
 
 def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> SimpleNamespace:
@@ -485,8 +485,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
-    # the loop's counters (Run adds global_step and updates), saved in checkpoints and restored on --resume
-    step = {"bound_hits": 0.0, "acting_steps": 0}
+    step = {"bound_hits": 0.0, "acting_steps": 0}  # + global_step, updates (Run): in checkpoints, back on --resume
     run = common.Run(ALGORITHM, args, run_dir, envs, {"actor": actor, "critic": critic, "critic_target": critic_target},
                      {"actor": actor_optimizer, "critic": critic_optimizer}, rb, step)  # fmt: skip
     collect = torch.no_grad()(lambda o: hot.sample_actions(actor, critic, o, args.num_collect_candidates))
@@ -519,8 +518,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             rb.add(obs, real_next_obs, actions, rewards, terminated)
             obs = next_obs
 
-            # ---- learn: one critic and one actor update per vector step ----
-            if global_step >= args.learning_starts:
+            # ---- learn: one critic and one actor update per vector step, once the buffer holds --learning-starts rows
+            if global_step >= args.learning_starts and rb.size >= min(args.learning_starts, rb.capacity):
                 batch = rb.sample(args.batch_size)
                 update_info = critic_update(args, batch, actor, critic, critic_target, critic_optimizer, hot)
                 update_info.update(actor_update(args, batch, actor, critic, actor_optimizer, hot))
@@ -530,7 +529,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             # ---- log: the update's losses, and the actor's fit on 64 replay rows (eager, outside the hot path) ----
             if run.log_due():
                 diagnostics = actor_diagnostics(args, rb.sample(64), actor, critic) if update_info else {}
-                bounds = step["bound_hits"] / max(step["acting_steps"], 1)
+                bounds = step["bound_hits"] / max(step["acting_steps"], 1)  # since the last log
+                step.update(bound_hits=0.0, acting_steps=0)
                 run.logger.scalars({**update_info, **diagnostics, "charts/action_bound_fraction": bounds,
                                     "charts/SPS": run.progress.rate(), "charts/updates": step["updates"]},
                                    global_step)  # fmt: skip

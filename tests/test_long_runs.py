@@ -192,6 +192,21 @@ def test_a_resumed_run_is_the_uninterrupted_run(script, tmp_path):
             assert args.env_id == bandit.ENV_ID and actions.shape == (5, 2) and actions.abs().max() <= 1
 
 
+@pytest.mark.parametrize("script", ["som.py", "nc_lql.py"])
+def test_a_resume_without_the_buffer_refills_it_before_updating_again(script, tmp_path):
+    """A checkpoint without the buffer (60 steps, 11 updates) resumes into an empty one: the policy collects until it
+    holds --learning-starts (40) transitions again, at step 100, and only then do the updates go on, one per vector
+    step (2 envs), instead of hundreds of updates on the first few rows."""
+    cli = [arg for arg in BANDIT if arg != "--checkpoint-buffer"] + BANDIT_EXTRA[script]
+    half = run_script(script, *cli, "--total-timesteps", "60", "--run-dir", str(tmp_path))
+    assert half.returncode == 0, half.stderr[-3000:]
+    (ckpt,) = glob.glob(os.path.join(str(tmp_path), "*", "checkpoint.pt"))
+    rest = run_script(script, "--resume", ckpt, "--total-timesteps", "120")
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert "at step 60 with 0 transitions" in rest.stdout
+    assert read_scalars(str(tmp_path))["charts/updates"] == [(20, 0), (40, 1), (60, 11), (80, 11), (100, 12), (120, 22)]
+
+
 # som.main with its actor loss turned NaN from the 31st update on, as `python -c PATCH <cli>`
 NAN_ACTOR_LOSS = """
 import sys, som

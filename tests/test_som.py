@@ -261,6 +261,16 @@ def test_zero_noise_action_is_the_one_step_map_at_the_noise_mean():
         torch.testing.assert_close(som.zero_noise_action(actor, obs), som.zero_noise_action(actor, obs))
 
 
+def test_one_step_q_gap_compares_the_one_step_policy_and_the_flow_from_the_same_noise():
+    """For the exact decay field one MeanFlow step lands where 20 do, so with both drawn from the same noise the logged
+    one_step_q_gap is zero (to rounding) for any critic; two separate draws would leave Q's sampling spread in it."""
+    torch.manual_seed(0)
+    critic = som.TwinCritic(3, 2, 32, 2)
+    batch = (torch.randn(64, 3), torch.rand(64, 2) * 2 - 1, torch.zeros(64), torch.randn(64, 3), torch.zeros(64))
+    info = som.actor_diagnostics(som.Args(num_mc_samples=4), batch, _ExactDecayMeanFlow(), critic)
+    assert abs(float(info["losses/one_step_q_gap"])) < 1e-6
+
+
 def test_flow_step_candidates_follow_the_exact_flow_like_one_step_ones():
     """For the exact decay field (z_0 = e z_1 from noise z_1) one MeanFlow step and eight land on the same point, so
     sample_actions with flow_steps=8 must return the one-step choice: clip(e * noise) from the same noise draws."""
