@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
+import platform
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -313,12 +316,22 @@ class Logger:
         self.writer = SummaryWriter(run_dir, purge_step=None if resume_step is None else resume_step + 1)
         table = "\n".join(f"|{k}|{v}|" for k, v in {**vars(args), "commit": source_commit()}.items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        # one line per start and end of this process: what scripts/figures.py export puts in the run's record
+        self.info_path, self.last_step = os.path.join(run_dir, "run_info.jsonl"), resume_step or 0
+        self.write_info(event="start", step=self.last_step, command=command_line(),
+                        commit=source_commit(), versions=package_versions(), machine=machine_description(),
+                        matmul_gflops=matmul_gflops())  # fmt: skip
+
+    def write_info(self, **info) -> None:
+        with open(self.info_path, "a") as f:
+            f.write(json.dumps({"time": time.time(), **info}) + "\n")
 
     def scalars(self, values: dict, step: int) -> dict:
         """Log floats or 0-d tensors (moved to the host in ONE transfer); returns the floats."""
         floats, keys = dict(values), [k for k, v in values.items() if isinstance(v, torch.Tensor)]
         if keys:
             floats.update(zip(keys, torch.stack([values[k].detach().float().reshape(()) for k in keys]).tolist()))
+        self.last_step = max(self.last_step, step)
         for key, value in floats.items():
             self.writer.add_scalar(key, value, step)
             if math.isfinite(value):
@@ -326,6 +339,7 @@ class Logger:
         return floats
 
     def close(self) -> None:
+        self.write_info(event="end", step=self.last_step)
         self.writer.close()
         if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
             sys.modules["wandb"].finish()
@@ -339,6 +353,46 @@ def source_commit() -> str:
         if described.returncode == 0:
             return described.stdout.strip()
     return "unknown"
+
+
+def command_line() -> str:
+    """This process's command, its script named relative to this checkout (as the README's commands name it)."""
+    script = os.path.abspath(sys.argv[0])
+    checkout = os.path.dirname(os.path.abspath(__file__))
+    if script.startswith(checkout + os.sep):
+        script = os.path.relpath(script, checkout)
+    return shlex.join(["python", script, *sys.argv[1:]])
+
+
+def package_versions() -> dict:
+    import importlib.metadata
+
+    names = ["torch", "gymnasium", "mujoco", "numpy", "stable-baselines3"]
+    found = {}
+    for name in names:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[name] = importlib.metadata.version(name)
+    return {"python": platform.python_version(), **found}
+
+
+def machine_description() -> str:
+    """One line: the CPU model, its core count and the GPU when there is one."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}"
+
+
+def matmul_gflops(size: int = 256, seconds: float = 0.2) -> float:
+    """This process's plain float32 matmul rate on the CPU (GFLOP/s): speeds compare within one machine and day."""
+    a = torch.ones(size, size)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ a
+        calls += 1
+    return 2 * size**3 * calls / (time.perf_counter() - start) / 1e9
 
 
 def start_wandb(run_dir: str, args, project: str, entity: Optional[str], resuming: bool) -> None:

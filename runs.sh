@@ -17,6 +17,9 @@
 #   ./runs.sh vs_sac [--dry-run]  HalfCheetah-v4 and Hopper-v4, seeds 1 and 2, 30,000 steps at the CPU settings: SOM
 #                                 (collecting with best-of-32 and with N = 1), NC-LQL and Stable-Baselines3's SAC
 #                                 (scripts/sac_baseline.py, requirements-bench.txt)
+#   ./runs.sh five_tasks [--dry-run]  HalfCheetah-v4, Hopper-v4, Walker2d-v4, Ant-v4, Humanoid-v4, seeds 1-3 (SEEDS),
+#                                 30,000 steps at vs_sac's CPU settings: SAC, SOM and NC-LQL with their defaults
+#                                 (docs/results.md; records in results/five_tasks/)
 #   ./runs.sh --only som          only one algorithm (som or nc_lql); combine with any of the above
 set -euo pipefail
 CALLER_DIR=$(pwd)
@@ -27,7 +30,7 @@ MODE=run
 ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    paper|quick|release|long|probe|vs_sac) SET="$1" ;;
+    paper|quick|release|long|probe|vs_sac|five_tasks) SET="$1" ;;
     --dry-run) MODE=dry ;;
     --slurm) MODE=slurm ;;
     --only)
@@ -35,13 +38,13 @@ while [ $# -gt 0 ]; do
         som|nc_lql) ONLY="$2"; shift ;;
         *) echo "runs.sh: --only takes som or nc_lql, got '${2:-}' (see ./runs.sh --help)" >&2; exit 2 ;;
       esac ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "runs.sh: unknown argument '$1' (see ./runs.sh --help)" >&2; exit 2 ;;
   esac
   shift
 done
 PYTHON=${PYTHON:-python}
-[ "$SET" = release ] || [ "$SET" = long ] || [ "$SET" = vs_sac ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
+[ "$SET" = release ] || [ "$SET" = long ] || [ "$SET" = vs_sac ] || [ "$SET" = five_tasks ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
 
 # The quick set's budgets per (script, env): what was run for docs/results.md on 2 CPU cores. Every SOM line says how
 # it collected data, so the commands stay those of the recorded runs: those with N = 32 collected with best-of-32
@@ -112,6 +115,29 @@ commands() {
         fi
       done
     done
+    return
+  fi
+  if [ "$SET" = five_tasks ]; then  # the papers' five tasks, seeds 1-3, the CPU settings of vs_sac, every default
+    local cpu="--num-envs 1 --learning-starts 5000 --batch-size 256 --critic-lr 3e-4 --eval-frequency 2500"
+    cpu="$cpu --eval-episodes 5 --total-timesteps 30000 --compile --checkpoint-frequency 10000 --checkpoint-buffer"
+    local envs="HalfCheetah-v4 Hopper-v4 Walker2d-v4 Ant-v4 Humanoid-v4" env seed
+    # in the order they ran: SAC everywhere, SOM, then NC-LQL's first seed on every task before its other two
+    if [ -z "$ONLY" ]; then
+      for env in $envs; do for seed in ${SEEDS:-1 2 3}; do
+        echo "$PYTHON scripts/sac_baseline.py --env-id $env --seed $seed --total-timesteps 30000 --exp-name sac_five_tasks"
+      done; done
+    fi
+    if [ -z "$ONLY" ] || [ "$ONLY" = som ]; then
+      for env in $envs; do for seed in ${SEEDS:-1 2 3}; do
+        echo "$PYTHON som.py --env-id $env --seed $seed $cpu --actor-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1 --exp-name som_five_tasks"
+      done; done
+    fi
+    if [ -z "$ONLY" ] || [ "$ONLY" = nc_lql ]; then
+      for seeds in 1 "2 3"; do for env in $envs; do for seed in ${SEEDS:-$seeds}; do
+        [ -n "${SEEDS:-}" ] && [ "$seeds" != 1 ] && continue
+        echo "$PYTHON nc_lql.py --env-id $env --seed $seed $cpu --exp-name nc_lql_five_tasks"
+      done; done; done
+    fi
     return
   fi
   if [ "$SET" = release ]; then  # seeds: SEEDS, default 100 (the release's first seed)
