@@ -609,13 +609,12 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: s
 class Run:
     """The plumbing around one training loop: --resume, logging, progress, when to log / evaluate / checkpoint,
     SIGINT / SIGTERM (finish the step, checkpoint, exit 0), the NaN stop and the end of the run. `counters` is the
-    loop's own dict (global_step, updates, ...), saved in every checkpoint and restored here on --resume."""
+    loop's own dict (global_step, updates and any others), saved in every checkpoint and restored here on --resume."""
 
     def __init__(self, algorithm: str, args, run_dir: str, envs, modules: dict, optimizers: dict, buffer,
                  counters: dict):  # fmt: skip
         self.algorithm, self.args, self.run_dir, self.envs = algorithm, args, run_dir, envs
         self.modules, self.optimizers, self.buffer, self.counters = modules, optimizers, buffer, counters
-        counters.update(global_step=0, updates=0)
         if args.resume:
             counters.update(load_checkpoint(args.resume, algorithm, args.env_id, modules, optimizers, envs, buffer))
             print(f"resumed from {args.resume} at step {counters['global_step']} with {buffer.size} transitions in "

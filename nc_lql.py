@@ -344,7 +344,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
     sigmas = torch.tensor(noise_schedule(args.num_levels, args.sigma_max, args.sigma_min), device=device)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
-    step = {}  # global_step, updates, when to log / evaluate / checkpoint: saved in checkpoints, restored on --resume
+    step = {"global_step": 0, "updates": 0}  # env transitions, gradient updates: in checkpoints, back on --resume
     run = common.Run(ALGORITHM, args, run_dir, envs, {"critic": critic, "critic_target": critic_target},
                      {"critic": optimizer}, rb, step)  # fmt: skip
 

@@ -92,8 +92,12 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
     """[ours] Boltzmann temperature on the normalised Q (see --q-norm), chosen by a sweep (docs/som_studies.md)"""
     score_estimator: Literal["tweedie", "idem"] = "tweedie"
     """[ours] tweedie: posterior-mean score with box-truncated proposals; idem: the gradient of logsumexp_k Q / alpha"""
-    q_norm: Literal["state", "batch", "none"] = "state"
-    """[ours] standardise Q over each noised action's K proposals (state), over all K x B (batch), or not (none)"""
+    q_norm: Literal["state", "uniform", "batch", "none"] = "state"
+    """[ours] standardise Q over each noised action's K proposals (state), by its spread over K uniform actions per
+    state (uniform: one temperature for every t), over all K x B (batch), or not (none)"""
+    target_point_fraction: float = 0.0
+    """[ours] share of the actor's training points whose clean action is a draw of the target policy (K uniform
+    actions resampled by softmax(Q / (alpha std_U(Q)))) instead of the replay action"""
     score_norm: bool = False
     """[ours] off; on: unit-normalise the score and multiply by w in the target velocity (the third-party form)"""
     w: float = 1.0
@@ -226,26 +230,52 @@ def truncated_normal_in_box(mean: torch.Tensor, std: torch.Tensor, num_samples: 
     """K draws of N(mean, std^2) truncated to [-1, 1] per dimension by inverse-CDF sampling: (B, A) -> (K, B, A). In
     float64 and mirrored so the box lies at or below the mean, where the CDF keeps its relative precision (std ~150
     near t = 1, tiny near t = 0); where the CDF underflows, the draw is the box face nearest the mean (its limit)."""
+    # float64: at t = 1 std is about 150, near t = 0 it is tiny, and the CDF differences below need the digits
     flip = mean < 0
-    m, s = mean.double().abs(), std.double().expand_as(mean)
+    m, s = mean.double().abs(), std.double().expand_as(mean)  # mirrored: mean >= 0, so the box is at or below it
+    # the CDF of N(m, s^2) at the box's faces; a uniform p between them, mapped back by the inverse CDF
     cdf_lo, cdf_hi = torch.special.ndtr((-1.0 - m) / s), torch.special.ndtr((1.0 - m) / s)
     p = cdf_lo + torch.rand((num_samples, *m.shape), dtype=torch.float64, device=m.device) * (cdf_hi - cdf_lo)
-    x = torch.where((cdf_hi > cdf_lo) & (p > 0), m + s * torch.special.ndtri(p), m.clamp(max=1.0)).clamp(-1.0, 1.0)
-    return torch.where(flip, -x, x).to(mean.dtype)
+    x = m + s * torch.special.ndtri(p)
+    # where the box's mass underflowed (mean far outside, tiny std), the draw is its limit: the face nearest the mean
+    underflow = (cdf_hi <= cdf_lo) | (p <= 0)
+    x = torch.where(underflow, m.clamp(max=1.0), x).clamp(-1.0, 1.0)
+    return torch.where(flip, -x, x).to(mean.dtype)  # mirrored back
 
 
-def normalise_q(q: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standardise Q (K, B) per state or over the batch ("none": raw); returns (Qn, std as (1, B or 1, 1))."""
+def normalise_q(q: torch.Tensor, mode: str, uniform_stats: Optional[tuple] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardise Q (K, B): "state" by its mean and std over each noised action's K proposals, "batch" over all
+    K x B, "uniform" by each state's `uniform_stats` (mean, std) (1, B) over uniform actions in the box, the same
+    for every t; "none": raw. Returns (Qn, std as (1, B or 1, 1))."""
     if mode == "none":
         return q, torch.ones_like(q[:1]).unsqueeze(-1)
-    dims = (0,) if mode == "state" else (0, 1)
-    std = q.std(dim=dims, keepdim=True).clamp_min(1e-6)
-    return (q - q.mean(dim=dims, keepdim=True)) / std, std.unsqueeze(-1)
+    if mode == "uniform":
+        center, std = uniform_stats
+    else:
+        dims = (0,) if mode == "state" else (0, 1)
+        center, std = q.mean(dim=dims, keepdim=True), q.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    return (q - center) / std, std.unsqueeze(-1)
+
+
+def uniform_q_stats(q_fn: Callable, obs: torch.Tensor, num_samples: int, act_dim: int):
+    """Q at K uniform actions in the box per state: (actions (K, B, A), Q (K, B), (mean, std) of Q per state (1, B)).
+    One draw per state and update, independent of any noised action: the scale of "uniform" Q-normalisation."""
+    actions = 2.0 * torch.rand(num_samples, obs.shape[0], act_dim, device=obs.device) - 1.0
+    q = q_fn(obs, actions)
+    return actions, q, (q.mean(dim=0, keepdim=True), q.std(dim=0, keepdim=True).clamp_min(1e-6))
+
+
+def boltzmann_draws(actions: torch.Tensor, q_normed: torch.Tensor, alpha: float) -> torch.Tensor:
+    """One approximate draw of pi*(a|s) ~ exp(Qn / alpha) per state: the K uniform actions (K, B, A) resampled by
+    softmax_k(Qn_k / alpha), with the Gumbel-max trick (argmax_k Qn_k / alpha + Gumbel noise). -> (B, A)."""
+    gumbel = -torch.log(-torch.log(torch.rand_like(q_normed).clamp(1e-12, 1.0 - 1e-7)))
+    pick = (q_normed / alpha + gumbel).argmax(dim=0)  # (B,)
+    return actions[pick, torch.arange(actions.shape[1], device=actions.device)]
 
 
 def score_estimate(q_fn: Callable, obs: torch.Tensor, noised_action: torch.Tensor, t: torch.Tensor, num_samples: int,
                    alpha: float, beta_min: float, beta_max: float, estimator: str = "tweedie",
-                   q_norm: str = "state") -> tuple[torch.Tensor, dict]:  # fmt: skip
+                   q_norm: str = "state", uniform_stats: Optional[tuple] = None) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """Monte-Carlo estimate of grad_a log p_t(a_t | s), p_t the VP-noised Boltzmann policy exp(Q / alpha).
 
     tweedie: a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box, w = softmax_k(Qn(a0_k) / alpha),
@@ -257,7 +287,7 @@ def score_estimate(q_fn: Callable, obs: torch.Tensor, noised_action: torch.Tenso
     mu, sigma = vp_mu_sigma(t, beta_min, beta_max)
     if estimator == "tweedie":
         proposals = truncated_normal_in_box(noised_action / mu, sigma / mu, num_samples)  # (K, B, A)
-        weights = torch.softmax(normalise_q(q_fn(obs, proposals), q_norm)[0] / alpha, dim=0)  # (K, B)
+        weights = torch.softmax(normalise_q(q_fn(obs, proposals), q_norm, uniform_stats)[0] / alpha, dim=0)  # (K, B)
         score = (mu * (weights.unsqueeze(-1) * proposals).sum(0) - noised_action) / sigma**2
     elif estimator == "idem":  # the gradient in the actions only (torch.func.grad), no parameter gradients
         eps = torch.randn(num_samples, *noised_action.shape, device=obs.device)
@@ -268,13 +298,13 @@ def score_estimate(q_fn: Callable, obs: torch.Tensor, noised_action: torch.Tenso
             return q.sum(), q
 
         grad_q, q = torch.func.grad(summed_q, has_aux=True)(proposals)
-        q_normed, scale = normalise_q(q, q_norm)
+        q_normed, scale = normalise_q(q, q_norm, uniform_stats)
         weights = torch.softmax(q_normed / alpha, dim=0)
         score = (weights.unsqueeze(-1) * grad_q / scale).sum(0) / (alpha * mu)
     else:
         raise ValueError(f"unknown score estimator {estimator!r}")
     ess = (1.0 / weights.pow(2).sum(0)).mean()
-    return score.detach(), {"score_norm": score.norm(dim=-1).mean(), "softmax_ess": ess}
+    return score.detach(), {"score_length": score.norm(dim=-1).mean(), "softmax_ess": ess}
 
 
 # ==== 2. Target velocity: the probability-flow ODE of the VP diffusion ================================================
@@ -389,11 +419,18 @@ def actor_loss(args: Args, batch, actor, critic, diagnostics: bool = False) -> t
         return critic(o, a).mean(dim=0)
 
     with torch.no_grad():
+        uniform_stats = None
+        if args.q_norm == "uniform" or args.target_point_fraction > 0:
+            uniform, q_uniform, uniform_stats = uniform_q_stats(mean_q, obs, args.num_mc_samples, actions.shape[-1])
+        if args.target_point_fraction > 0:  # the first rows' clean actions: draws of exp(Q / (alpha std_U(Q)))
+            num_drawn = round(args.target_point_fraction * len(obs))
+            q_normed = normalise_q(q_uniform[:, :num_drawn], "uniform", [x[:, :num_drawn] for x in uniform_stats])[0]
+            actions = torch.cat([boltzmann_draws(uniform[:, :num_drawn], q_normed, args.alpha), actions[num_drawn:]])
         r, t = sample_time_pair(len(obs), args.t_min, args.flow_matching_fraction, obs.device)
         mu, sigma = vp_mu_sigma(t, args.beta_min, args.beta_max)
         noised = mu * actions + sigma * torch.randn_like(actions)  # the training point: an action noised to time t
         score, score_info = score_estimate(mean_q, obs, noised, t, args.num_mc_samples, args.alpha, args.beta_min,
-                                           args.beta_max, args.score_estimator, args.q_norm)  # fmt: skip
+                                           args.beta_max, args.score_estimator, args.q_norm, uniform_stats)  # fmt: skip
         velocity = target_velocity(noised, score, t, args.w, args.beta_min, args.beta_max, args.score_norm)
     loss, info = meanflow_loss(actor, obs, noised, r, t, velocity, args.adaptive_power, diagnostics)
     return loss, {f"losses/{k}": v for k, v in {**score_info, **info}.items()} if diagnostics else {}
@@ -456,6 +493,7 @@ def validate(args: Args) -> None:
     common.require_flag(args, "beta_min", args.beta_min >= 0, "at least 0")
     common.require_flag(args, "t_min", 0 < args.t_min < 0.5, "in (0, 0.5)")
     common.require_flag(args, "flow_matching_fraction", 0 <= args.flow_matching_fraction <= 1, "in [0, 1]")
+    common.require_flag(args, "target_point_fraction", 0 <= args.target_point_fraction <= 1, "in [0, 1]")
     common.require_flag(args, "adaptive_power", args.adaptive_power >= 0, "at least 0")
     common.require(args.beta_min < args.beta_max,
                    f"--beta-min ({args.beta_min}) must be below --beta-max ({args.beta_max}).")  # fmt: skip
@@ -485,7 +523,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
-    step = {"bound_hits": 0.0, "acting_steps": 0}  # + global_step, updates (Run): in checkpoints, back on --resume
+    # the loop's counters: env transitions so far, gradient updates, and the action-bound share since the last log;
+    # saved in every checkpoint, restored by common.Run on --resume
+    step = {"global_step": 0, "updates": 0, "bound_hits": 0.0, "acting_steps": 0}
     run = common.Run(ALGORITHM, args, run_dir, envs, {"actor": actor, "critic": critic, "critic_target": critic_target},
                      {"actor": actor_optimizer, "critic": critic_optimizer}, rb, step)  # fmt: skip
     collect = torch.no_grad()(lambda o: hot.sample_actions(actor, critic, o, args.num_collect_candidates))

@@ -1,6 +1,7 @@
-"""MultimodalBandit-v0: a one-step bandit with two reward modes of different heights, the small task on which the
-tests and the bandit probe check where a policy puts its actions. Importing this module registers it, so the scripts
-take it as `--env-id scripts.bandit:MultimodalBandit-v0` (gymnasium imports the module named before the colon)."""
+"""One-step bandits with reward modes of different heights, the small tasks on which the tests and the bandit probe
+check where a policy puts its actions: MultimodalBandit-v0 (two modes) and ThreeModeBandit-v0 (three modes of close
+heights, the best one the hardest to find). Importing this module registers both, so the scripts take them as
+`--env-id scripts.bandit:MultimodalBandit-v0` (gymnasium imports the module named before the colon)."""
 
 import gymnasium as gym
 import numpy as np
@@ -27,6 +28,14 @@ class MultimodalBandit(gym.Env):
         return np.zeros(1, dtype=np.float32), float(self.reward(np.clip(action, -1.0, 1.0))), True, False, {}
 
 
-ENV_ID = "scripts.bandit:MultimodalBandit-v0"
-if "MultimodalBandit-v0" not in gym.registry:
-    gym.register("MultimodalBandit-v0", entry_point=MultimodalBandit, max_episode_steps=1)
+class ThreeModeBandit(MultimodalBandit):
+    """As MultimodalBandit, with modes c = (0.5, 0.5), (-0.5, 0.5), (-0.5, -0.5) of heights h = 1.0, 0.75, 0.5; a
+    uniform action earns about 0.08."""
+
+    MODES, HEIGHTS = np.array([[0.5, 0.5], [-0.5, 0.5], [-0.5, -0.5]]), np.array([1.0, 0.75, 0.5])
+
+
+ENV_ID, THREE_MODE_ENV_ID = "scripts.bandit:MultimodalBandit-v0", "scripts.bandit:ThreeModeBandit-v0"
+for _name, _env in (("MultimodalBandit-v0", MultimodalBandit), ("ThreeModeBandit-v0", ThreeModeBandit)):
+    if _name not in gym.registry:
+        gym.register(_name, entry_point=_env, max_episode_steps=1)

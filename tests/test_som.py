@@ -71,6 +71,49 @@ def test_score_estimate_matches_exact_gaussian_score(estimator, alpha, t_value):
     assert not score.requires_grad and 1.0 <= info["softmax_ess"] <= 20_000
 
 
+@pytest.mark.parametrize("t_value", [0.01, 0.05, 0.3, 0.7, 1.0])
+def test_uniform_q_norm_targets_one_boltzmann_policy_at_every_t(t_value):
+    """--q-norm uniform scales Q by its spread over uniform actions, once per state: with w = 1 the target velocity is
+    the exact PF-ODE velocity of exp(Q / (alpha std_U(Q))) at every t. The per-state form (the spread among each
+    noised action's proposals, which shrinks as t -> 0) targets another density at small t."""
+    torch.manual_seed(0)
+    batch, dim, alpha = 64, 2, 0.03
+    center = torch.tensor([0.2, -0.1])
+    q_fn = _quadratic_q(center)
+    obs = torch.zeros(batch, 3)
+    _, q_uniform, stats = som.uniform_q_stats(q_fn, obs, 20_000, dim)
+    torch.testing.assert_close(stats[0], q_uniform.mean(0, keepdim=True))
+    torch.testing.assert_close(stats[1], q_uniform.std(0, keepdim=True))
+    temperature = alpha * stats[1].mean().item()  # the Boltzmann N(c, temperature I), 10 std inside the box
+    t = torch.full((batch, 1), t_value)
+    mu, sigma = som.vp_mu_sigma(t, BETA_MIN, BETA_MAX)
+    noised = mu * (center + math.sqrt(temperature) * torch.randn(batch, dim)) + sigma * torch.randn(batch, dim)
+    exact = som.target_velocity(noised, _exact_gaussian_score(noised, t, center, temperature), t, 1.0, BETA_MIN,
+                                BETA_MAX)  # fmt: skip
+
+    def velocity(q_norm):
+        score, _ = som.score_estimate(q_fn, obs, noised, t, 20_000, alpha, BETA_MIN, BETA_MAX, q_norm=q_norm,
+                                      uniform_stats=stats)  # fmt: skip
+        return som.target_velocity(noised, score, t, 1.0, BETA_MIN, BETA_MAX)
+
+    rel_err = lambda v: ((v - exact).norm(dim=-1).mean() / exact.norm(dim=-1).mean()).item()  # noqa: E731
+    assert rel_err(velocity("uniform")) < 0.05
+    if t_value == 0.01:  # the per-state form's temperature has shrunk here: off by more than the velocity itself
+        assert rel_err(velocity("state")) > 1.0
+
+
+def test_boltzmann_draws_follow_the_softmax_over_the_uniform_actions():
+    """Gumbel-max over K uniform actions draws from exp(Q / alpha) on the box as K grows: Q(a) = a in 1-D, alpha 0.5,
+    whose truncated-exponential density has mean coth(1 / alpha) - alpha."""
+    torch.manual_seed(0)
+    actions = 2.0 * torch.rand(2_000, 4_000, 1) - 1.0  # K = 2,000 per state, 4,000 states
+    draws = som.boltzmann_draws(actions, actions[..., 0], 0.5)
+    assert draws.shape == (4_000, 1) and draws.abs().max() <= 1.0
+    exact_mean = 1.0 / math.tanh(2.0) - 0.5
+    assert abs(draws.mean().item() - exact_mean) < 0.02
+    assert abs(som.boltzmann_draws(actions, actions[..., 0], 0.01).mean().item() - (1.0 - 0.01)) < 0.01  # greedy
+
+
 def test_tweedie_score_tends_to_minus_a_at_t_one():
     torch.manual_seed(0)
     noised = torch.randn(32, 3)
@@ -390,7 +433,7 @@ def test_smoke_run_reaches_updates_logs_and_saves(env_id, tmp_path):
     scalars = read_scalars(str(tmp_path / "runs"))
     for tag in ("charts/episodic_return", "charts/SPS", "charts/action_bound_fraction", "eval/episodic_return",
                 "eval/episodic_return_n1", "eval/episodic_return_zero_noise", "losses/critic_loss", "losses/actor_loss",
-                "losses/softmax_ess", "losses/target_norm", "losses/score_norm", "losses/du_dt_norm",
+                "losses/softmax_ess", "losses/target_norm", "losses/score_length", "losses/du_dt_norm",
                 "losses/q_values"):  # fmt: skip
         assert tag in scalars, tag
     assert scalars["charts/updates"][-1][1] == (240 - 120) // 2 + 1  # an update on every vector step from 120 on

@@ -1,6 +1,7 @@
 """runs.sh (dry run, command expansion, Slurm script), the figure script and the saved-model evaluator."""
 
 import glob
+import json
 import os
 import shlex
 import subprocess
@@ -188,21 +189,83 @@ def test_evaluate_saved_model_and_curve_figure(tmp_path):
             evaluate(model, "--num-candidates", bad), f"--num-candidates must be positive, got {bad}."
         )
     assert_one_sentence_error(evaluate(model, "--flow-steps", "0"), "--flow-steps must be positive, got 0.")
+    # the run's record: every evaluation of the three policies, the command and commit from run_info.jsonl
+    figures = [sys.executable, os.path.join(ROOT, "scripts", "figures.py")]
+    results = str(tmp_path / "results" / "tiny")
+    exported = subprocess.run([*figures, "export", runs, "--out", results], capture_output=True, text=True)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    (path,) = glob.glob(os.path.join(results, "*.json"))
+    record = json.load(open(path))
+    assert os.path.basename(path) == "som__Pendulum-v1__1.json"
+    assert record["command"].startswith("python som.py --env-id Pendulum-v1 --num-envs 2 --total-timesteps 240")
+    commit = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty=+", "--exclude=*"],
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    assert record["commit"] == commit and record["versions"]["torch"] == torch.__version__
+    for tag in ("eval/episodic_return", "eval/episodic_return_n1", "eval/episodic_return_zero_noise"):
+        assert record["evaluations"][tag]["steps"] == [120, 240]
+    assert record["training_episodes"]["episodes"] == 0 and record["processes"] == 1  # 120 steps per env: none ended
+    assert record["wall_time_s"]["warm_up"] > 0 and record["wall_time_s"]["training"] > 0
     out = str(tmp_path / "curves.png")
-    fig = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "figures.py"), "curves", runs, "--out", out],
-                         capture_output=True, text=True)  # fmt: skip
+    fig = subprocess.run([*figures, "curves", results, "--out", out], capture_output=True, text=True)
     assert fig.returncode == 0, fig.stderr[-2000:]
     assert os.path.getsize(out) > 10_000
-    summary = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "figures.py"), "summary", runs],
-                             capture_output=True, text=True)  # fmt: skip
-    assert summary.returncode == 0, summary.stderr[-2000:]
-    lines = summary.stdout.splitlines()
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    assert lines[0].startswith("Pendulum-v1 som (") and f"commit {commit.stdout.strip()}" in lines[0]
-    # the flags that differ from som.py's defaults, as a command line (--run-dir and the like left out)
-    assert lines[1].startswith("  flags: --save-model --env-id Pendulum-v1 --total-timesteps 240 --num-envs 2")
-    assert "--run-dir" not in lines[1] and "--num-candidates 4" in lines[1]
-    assert any(line.startswith("  eval/episodic_return_zero_noise at 120, 240") for line in lines)
+
+
+def _record(exp, env, seed, returns, script="som.py", tags=("eval/episodic_return",)):
+    """A record as figures.py export writes it, with these evaluation returns (one every 1,000 steps)."""
+    from scripts import figures
+
+    steps = [1000 * (i + 1) for i in range(len(returns))]
+    return {"format": figures.RECORD_FORMAT, "exp_name": exp, "env_id": env, "seed": seed,
+            "command": f"python {script} --env-id {env} --seed {seed}", "commit": "abc1234", "commits": ["abc1234"],
+            "versions": {"torch": "2.13.0"}, "machine": "a test", "wall_time_s": {"warm_up": 60.0, "training": 540.0},
+            "evaluations": {tag: {"steps": steps, "returns": returns} for tag in tags}}  # fmt: skip
+
+
+def test_task_table_is_the_seeds_mean_and_std_of_each_runs_last_four_evaluations():
+    from scripts import figures
+
+    records = [_record("sac", "Hopper-v4", s, [0, 0, 90, 110, 90, 110], "scripts/sac_baseline.py") for s in (1, 2)]
+    records += [_record("som", "Hopper-v4", 1, [0, 0, 100, 100, 100, 100], tags=tuple(figures.EVAL_TAGS)),
+                _record("som", "Hopper-v4", 2, [0, 0, 300, 300, 300, 300], tags=tuple(figures.EVAL_TAGS)),
+                _record("som", "Ant-v4", 1, [5, 5, 5, 5], tags=tuple(figures.EVAL_TAGS))]  # fmt: skip
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in figures.task_table(records)}
+    assert rows["method"] == "| method | Hopper-v4 | Ant-v4 |"  # the papers' task order
+    sac = "SAC (Stable-Baselines3), mean action"
+    assert rows[sac] == f"| {sac} | 100.0 ± 0.0 | not run |"
+    assert rows["som.py, best-of-32"] == "| som.py, best-of-32 | 200.0 ± 100.0 | 5.0 (1 of 2 seeds) |"
+    assert "som.py, N = 1" in rows and "som.py, zero noise" in rows
+    # the aggregate leaves out Ant-v4 (one seed, no SAC) and says which tasks it covers
+    aggregate = {line.split(" | ")[0].lstrip("| "): line for line in figures.aggregate_table(records, reps=200)}
+    assert aggregate["som.py, best-of-32"].startswith("| som.py, best-of-32 | Hopper (2 seeds) | 2.00 (")
+    assert "| 0.75 (" in aggregate["som.py, best-of-32"]  # P(100 or 300 beats 100 or 100): (0.5 + 1) / 2
+
+
+def test_training_episodes_are_binned_to_at_most_the_given_points():
+    from scripts import figures
+
+    assert figures.binned([1, 2, 3], [1.0, 2.0, 3.0], 5) == ([1, 2, 3], [1.0, 2.0, 3.0])
+    steps, means = figures.binned(list(range(1, 11)), [float(x) for x in range(10)], 4)
+    assert steps == [2, 5, 8, 10] and means == [0.5, 3.0, 6.0, 8.5]  # bins of 2, 3, 3, 2 episodes
+
+
+def test_pages_hold_the_tables_the_records_give_and_bad_records_are_refused(tmp_path):
+    from scripts import figures
+
+    page = tmp_path / "page.md"
+    page.write_text("x\n<!-- table set/tasks -->\n| stale |\n<!-- end table -->\ny\n")
+    tables = {"set/tasks": ["| fresh |"]}
+    assert figures.fill_pages([str(page)], tables, write=False) == [f"{os.path.relpath(page, ROOT)}: set/tasks"]
+    assert figures.fill_pages([str(page)], tables, write=True) and "| fresh |\n<!-- end" in page.read_text()
+    assert figures.fill_pages([str(page)], tables, write=False) == []
+    cli = [sys.executable, os.path.join(ROOT, "scripts", "figures.py")]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.json").write_text('{"format": "something else"}')
+    for args, message in ((["curves", str(tmp_path / "empty"), "--out", "x.png"], "no run records (*.json) under"),
+                          (["curves", str(tmp_path / "other"), "--out", "x.png"], "is not a run record of format"),
+                          (["export", str(tmp_path / "empty"), "--out", "x"], "no run folders")):  # fmt: skip
+        assert_one_sentence_error(subprocess.run([*cli, *args], capture_output=True, text=True), message)
 
 
 def test_sac_baseline_writes_the_scripts_tags(tmp_path):
@@ -221,36 +284,3 @@ def test_sac_baseline_writes_the_scripts_tags(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sac_baseline.py"), "--batch-size", "0"],
                          capture_output=True, text=True, env=script_env())  # fmt: skip
     assert_one_sentence_error(bad, "--batch-size must be positive")
-
-
-def test_compare_table_is_last_third_means_over_seeds_and_their_ratio_to_the_baseline(tmp_path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    def write(name, tags):
-        with SummaryWriter(str(tmp_path / name)) as w:
-            for tag, values in tags.items():
-                for i, v in enumerate(values):
-                    w.add_scalar(tag, v, 1000 * (i + 1))
-
-    # 6 evaluations up to 6,000 steps: the last third is the evaluations at 5,000 and 6,000
-    write("Env-v0__sac_sb3__1__0", {"eval/episodic_return": [0, 0, 0, 0, 90, 110]})
-    write("Env-v0__sac_sb3__2__0", {"eval/episodic_return": [0, 0, 0, 0, 100, 100]})
-    write("Env-v0__som__1__0", {"eval/episodic_return": [0, 0, 0, 0, 150, 150],
-                                "eval/episodic_return_n1": [0, 0, 0, 0, 40, 60, 999]})  # fmt: skip
-    write("Env-v0__som__2__0", {"eval/episodic_return": [0, 0, 0, 0, 250, 250]})
-    write("Env-v0__short__1__0", {"eval/episodic_return": [5, 5]})  # stopped at 2,000 steps: no mean at 6,000
-    write("Bad-v0__sac_sb3__1__0", {"eval/episodic_return": [-5] * 6})  # a baseline at or below zero: no ratio
-    write("Bad-v0__som__1__0", {"eval/episodic_return": [1, 2, 3, 4, 5, 6]})
-    from scripts.figures import compare_table
-
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in compare_table([str(tmp_path)], "sac_sb3", 6000)}
-    assert rows["sac_sb3"] == "| sac_sb3 | -5.0 (1 seed) | 100.0 (2 seeds), 1.00x | 1.00 |"
-    assert rows["som"] == "| som | 5.5 (1 seed) | 200.0 (2 seeds), 2.00x | 2.00 |"
-    assert rows["som, N = 1"] == "| som, N = 1 |  | 50.0 (1 seed), 0.50x | 0.50 |"  # steps past --up-to left out
-    assert rows["short"] == "| short |  | nan (1 seed), nanx | nan |"
-    per_seed = compare_table([str(tmp_path)], "sac_sb3", 6000, per_seed=True)
-    assert (
-        per_seed[0]
-        == "| method (6,000 steps) | Bad-v0 seed 1 | Env-v0 seed 1 | Env-v0 seed 2 | mean ratio to sac_sb3 |"
-    )
-    assert "| som | 5.5 | 150.0 | 250.0 | 2.00 |" in per_seed
