@@ -274,8 +274,8 @@ def boltzmann_draws(actions: torch.Tensor, q_normed: torch.Tensor, alpha: float)
 
 
 def score_estimate(q_fn: Callable, obs: torch.Tensor, noised_action: torch.Tensor, t: torch.Tensor, num_samples: int,
-                   alpha: float, beta_min: float, beta_max: float, estimator: str = "tweedie",
-                   q_norm: str = "state", uniform_stats: Optional[tuple] = None) -> tuple[torch.Tensor, dict]:  # fmt: skip
+                   alpha: float, beta_min: float, beta_max: float, estimator: str = "tweedie", q_norm: str = "state",
+                   uniform_stats: Optional[tuple] = None) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """Monte-Carlo estimate of grad_a log p_t(a_t | s), p_t the VP-noised Boltzmann policy exp(Q / alpha).
 
     tweedie: a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box, w = softmax_k(Qn(a0_k) / alpha),
