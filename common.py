@@ -42,6 +42,9 @@ class RunArgs:
     """train on the GPU when there is one, else on the CPU (the first lines of a run say which); --no-cuda: the CPU"""
     compile: bool = False
     """torch.compile the hot paths: the same math, faster (docs/speed.md) after tens of seconds compiling per graph"""
+    cudagraphs: bool = False
+    """with --compile on a GPU, also CUDA graphs (inductor's triton.cudagraphs): fewer kernel launches; a replayed
+    graph overwrites its last outputs, so the scripts copy each output they keep"""
     track: bool = False
     """mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "run"
@@ -104,6 +107,9 @@ def validate_run(args) -> None:
             f"--learning-starts ({args.learning_starts}).")  # fmt: skip
     require(args.buffer_size >= args.num_envs,
             f"--buffer-size ({args.buffer_size}) must be at least --num-envs ({args.num_envs}).")  # fmt: skip
+    require(not args.cudagraphs or args.compile, "--cudagraphs needs --compile (CUDA graphs of the compiled paths).")
+    require(not args.cudagraphs or (args.cuda and torch.cuda.is_available()),
+            "--cudagraphs needs a CUDA device, and none is in use (no GPU visible, or --no-cuda).")  # fmt: skip
     validate_env_id(args.env_id)
 
 
@@ -268,18 +274,29 @@ def mish(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.mish(x)
 
 
-def compile_hot(fn: Callable, device: torch.device) -> Callable:
-    """torch.compile on one hot function (LeanRL's pattern), one graph per input shape; CUDA graphs on the GPU, a C++
-    wrapper on the CPU, and Mish's derivative not recomputed inside reductions (docs/speed.md: what each saves)."""
+def compile_hot(fn: Callable, device: torch.device, cudagraphs: bool = False) -> Callable:
+    """torch.compile on one hot function (LeanRL's pattern), one graph per input shape; a C++ wrapper on the CPU, CUDA
+    graphs on the GPU with `cudagraphs`, and Mish's derivative not recomputed inside reductions (docs/speed.md)."""
     options = {"realize_opcount_threshold": 8}
-    options["triton.cudagraphs" if device.type == "cuda" else "cpp_wrapper"] = True
+    if device.type == "cpu":
+        options["cpp_wrapper"] = True
+    elif cudagraphs:
+        options["triton.cudagraphs"] = True
     return torch.compile(fn, dynamic=False, options=options)
 
 
-def hot_functions(functions: list[Callable], compile: bool, device: Optional[torch.device] = None) -> SimpleNamespace:
+def hot_functions(functions: list[Callable], compile: bool, device: Optional[torch.device] = None,
+                  cudagraphs: bool = False) -> SimpleNamespace:  # fmt: skip
     """`functions` by name, as they are or with `compile` each through compile_hot (each script's `hot_paths`)."""
     device = device or torch.device("cpu")
-    return SimpleNamespace(**{fn.__name__: compile_hot(fn, device) if compile else fn for fn in functions})
+    return SimpleNamespace(**{fn.__name__: compile_hot(fn, device, cudagraphs) if compile else fn for fn in functions})
+
+
+def cuda_graph_step(args) -> None:
+    """With --cudagraphs, at the top of each loop step: a new step of the CUDA graphs (outputs of the last may be
+    overwritten; what the loop keeps of them is a copy)."""
+    if args.cudagraphs:
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 @torch.no_grad()
@@ -603,7 +620,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: s
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach()
+    return loss.detach().clone()  # a copy: under CUDA graphs the next replay overwrites the graph's output
 
 
 class Run:

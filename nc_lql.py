@@ -7,6 +7,12 @@ Langevin dynamics on the critic. Plain Langevin mixes badly on a rugged Q, so th
 input and Q(s, a~, l) is trained to be the clean Q smoothed by Gaussian noise of scale sigma_l; the sampler anneals
 from the smoothest landscape (global moves) to the sharp one (mode refinement), as noise-conditioned score networks do.
 
+A default chain (the table in `annealed_langevin`): 20 steps, two per level from sigma = 0.1 to 0.001, each
+x = clip(x + 0.5 eps_l w g + sqrt(eps_l) z), g the unit gradient of Q1 + Q2, w = 500. The push 0.5 eps_l w is 250 at
+the coarsest level, about 4 at level 4 and 0.025 at the finest: the first levels overshoot the box and the clip puts
+each coordinate on the face its gradient points to (the "global moves"); the last levels refine. The best chain and
+the TD target use min(Q1, Q2) at the clean level L-1.
+
 Every default, the network, its initialisation, the sampler and the order of the two critic steps follow the authors'
 released JAX code. Plain LQL (`--lql`) is not in the release: one noise level, no denoising loss, a constant step
 size of our choice (docs/nc_lql.md). Run: python nc_lql.py --env-id Hopper-v4 [--compile] [--lql]
@@ -70,11 +76,11 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
 
     # --- NC-LQL ---
     num_levels: int = 10
-    """L: noise levels, geometric from sigma_max (level 0) to sigma_min (level L-1, the clean critic)"""
+    """L: noise levels, geometric from sigma_max (level 0) to sigma_min (level L-1, the clean critic); --lql: 1"""
     sigma_max: float = 0.1
     """largest noise scale"""
     sigma_min: float = 0.001
-    """smallest noise scale"""
+    """the clean level's scale: never added to an action, it sets the step sizes' ratio (sigma_l / sigma_min)^2"""
     steps_per_level: int = 2
     """T: Langevin steps at each level"""
     step_lr: float = 1e-4
@@ -108,10 +114,14 @@ def langevin_step_sizes(sigmas: list[float], step_lr: float) -> list[float]:
     return [step_lr * (s / sigmas[-1]) ** 2 for s in sigmas]
 
 
+def num_noise_levels(args: Args) -> int:
+    return 1 if args.lql else args.num_levels  # plain LQL: one level, the clean critic
+
+
 def sampler_schedule(args: Args) -> tuple[list[int], list[float]]:
     """The (level, step size) of each Langevin step: L x T steps for NC-LQL; --lql-steps constant steps at level 0."""
-    if args.lql:
-        return [0] * args.lql_steps, [args.lql_step_size] * args.lql_steps
+    if args.lql:  # at the one level, 0, which the TD loss trains (its clean level: num_noise_levels - 1)
+        return [num_noise_levels(args) - 1] * args.lql_steps, [args.lql_step_size] * args.lql_steps
     eps = langevin_step_sizes(noise_schedule(args.num_levels, args.sigma_max, args.sigma_min), args.step_lr)
     levels = [lvl for lvl in range(args.num_levels) for _ in range(args.steps_per_level)]
     return levels, [eps[lvl] for lvl in levels]
@@ -175,7 +185,8 @@ class NoiseConditionedTwinCritic(nn.Module):
         level = torch.as_tensor(level, device=obs.device)
         parts = [self.obs_in(obs[None]), self.action_in(action[None]), self.level_in(self.embed(level))]
         lead = torch.broadcast_shapes(*(p.shape[1:-1] for p in parts))
-        # right-align each part's leading dims with the broadcast shape, then add
+        # right-align each part's leading dims with the broadcast shape, then add; e.g. obs (B, S), action (N, B, A),
+        # an int level: parts (2, B, H), (2, N, B, H), (2, H) viewed as (2, 1, B, H), (2, N, B, H), (2, 1, 1, H)
         return self.trunk(sum(p.view(2, *[1] * (len(lead) + 2 - p.dim()), *p.shape[1:]) for p in parts))
 
     def along_chain(self, obs: torch.Tensor, num_levels: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
@@ -228,7 +239,13 @@ def annealed_langevin(q_fn: Callable, obs: torch.Tensor, act_dim: int, levels: l
         g = grad_x q_fn(s, x, l),  g = g / (||g|| + 1e-8) if grad_norm,  x = clip(x + 0.5 eps w g + sqrt(eps) z, -1, 1)
     obs (B, S) -> x (N, B, A), N = num_chains; q_fn(obs, x (N, B, A), level int) -> Q (..., N, B), summed and
     differentiated in x only with torch.func.grad (no parameter gradients, no graph). `noise`: langevin_noise(...),
-    or None to draw it here. Levels and step sizes are Python numbers: no host sync, one unrolled compiled graph."""
+    or None to draw it here. Levels and step sizes are Python numbers: no host sync, one unrolled compiled graph.
+    With the defaults (eps_l = 1e-4 (sigma_l / 0.001)^2, w = 500, a unit gradient, two steps per level):
+        level         0     1     2     3     4     5      6      7       8       9 (clean)
+        sigma_l     0.1  0.06  0.036 0.022 0.013 0.0077 0.0046 0.0028  0.0017  0.001
+        eps_l       1.0  0.36  0.13  0.046 0.017 0.0060 0.0022 0.00077 0.00028 0.0001
+        push        250  90    32    12    4.2   1.5    0.54   0.19    0.070   0.025   (0.5 eps_l w)
+        noise std   1.0  0.60  0.36  0.22  0.13  0.077  0.046  0.028   0.017   0.010   (sqrt(eps_l))"""
     if noise is None:
         noise = langevin_noise(num_chains, obs.shape[0], act_dim, len(levels), obs.device)
     x, kicks = noise
@@ -245,6 +262,8 @@ def sample_actions(critic: NoiseConditionedTwinCritic, obs: torch.Tensor, args: 
     """Actions (B, A) by the annealed sampler, the best of N chains by min(Q1, Q2) at the clean level; no graph."""
     levels, step_sizes = sampler_schedule(args)
     q_along = critic.along_chain(obs, max(levels) + 1)
+    # the chains climb Q1 + Q2 (the sampler sums q_fn; under grad_norm only the sum's direction counts, without it the
+    # sum doubles w), while the best chain is chosen, as the TD target's a' is scored, by min(Q1, Q2)
     chains = annealed_langevin(lambda _, x, level: q_along(x, level), obs, act_dim, levels, step_sizes, args.w,
                                args.grad_norm, args.num_chains, noise)  # fmt: skip
     if args.num_chains == 1:
@@ -266,6 +285,8 @@ def update_targets(args: Args, batch, critic, critic_target, sigmas: torch.Tenso
         y    = reward_scale r + gamma (1 - terminated) min_j Qtarget_j(s', a', L-1)
         qbar = mean_j Q_j(s, a, L-1)
         l ~ U{0, ..., L-2} per sample,  a_l = a + sigma_l n   (not clipped; the clean level is never perturbed)
+    Regressed onto qbar at a_l, Q(s, ., l) learns the mean clean Q over the buffer actions that could have produced
+    a_l (not a Gaussian smoothing of Q everywhere): it is trained only within about sigma_l of buffer actions.
     Returns (y, qbar, l, a_l)."""
     obs, actions, rewards, next_obs, terminated = batch
     clean = len(sigmas) - 1
@@ -279,10 +300,10 @@ def update_targets(args: Args, batch, critic, critic_target, sigmas: torch.Tenso
     return y, q_bar, levels, noised
 
 
-def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> SimpleNamespace:
+def hot_paths(compile: bool = False, device: Optional[torch.device] = None, cudagraphs: bool = False):
     """The functions a run calls at every step, by name: these eager ones, or with --compile compiled copies (the
     same math, tests/test_compile.py). critic_update takes them as `hot`."""
-    return common.hot_functions([sample_actions, update_targets, regression_loss], compile, device)
+    return common.hot_functions([sample_actions, update_targets, regression_loss], compile, device, cudagraphs)
 
 
 def critic_update(args: Args, batch, critic, critic_target, optimizer, sigmas: torch.Tensor, act_dim: int,
@@ -319,6 +340,10 @@ def validate(args: Args) -> None:
     common.require(args.sigma_min < args.sigma_max,
                    f"--sigma-min ({args.sigma_min}) must be below --sigma-max ({args.sigma_max}).")  # fmt: skip
     common.require(args.lql or args.num_levels >= 2, "NC-LQL needs --num-levels of at least 2 (or use --lql).")
+    common.require(
+        not args.lql or args.num_levels in (1, Args.num_levels),
+        f"--lql samples and trains at one noise level: leave out --num-levels (got {args.num_levels}).",
+    )
     common.validate_run(args)
 
 
@@ -329,11 +354,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.resume:  # the checkpoint's arguments, with the flags that may change taken from the command line
         args = common.resume_args(args, args.resume, ALGORITHM, argv)
     validate(args)
-    args.num_levels = 1 if args.lql else args.num_levels  # plain LQL: one level, the clean critic
     run_dir = common.run_dir_for(args)
     common.seed_everything(args.seed, args.torch_deterministic)
     device = common.pick_device(args.cuda)
-    hot = hot_paths(args.compile, device)  # the eager functions, or compiled copies of them
+    hot = hot_paths(args.compile, device, args.cudagraphs)  # the eager functions, or compiled copies of them
     envs = common.make_vector_env(args.env_id, args.num_envs, args.seed,
                                   os.path.join(run_dir, "videos") if args.capture_video else None)  # fmt: skip
     obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
@@ -342,7 +366,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     critic_target = NoiseConditionedTwinCritic(obs_dim, act_dim, args.hidden_dim, args.num_hidden).to(device)
     critic_target.load_state_dict(critic.state_dict())
     optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
-    sigmas = torch.tensor(noise_schedule(args.num_levels, args.sigma_max, args.sigma_min), device=device)
+    sigmas = torch.tensor(noise_schedule(num_noise_levels(args), args.sigma_max, args.sigma_min), device=device)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
     step = {"global_step": 0, "updates": 0}  # env transitions, gradient updates: in checkpoints, back on --resume
     run = common.Run(ALGORITHM, args, run_dir, envs, {"critic": critic, "critic_target": critic_target},
@@ -372,6 +396,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
             # ---- learn: one two-step critic update per vector step, once the buffer holds --learning-starts rows ----
             if global_step >= args.learning_starts and rb.size >= min(args.learning_starts, rb.capacity):
+                common.cuda_graph_step(args)
                 update_info = critic_update(args, rb.sample(args.batch_size), critic, critic_target, optimizer,
                                             sigmas, act_dim, hot)  # fmt: skip
                 common.polyak_update(critic_target, critic, args.tau)

@@ -4,7 +4,8 @@
 #   ./runs.sh                     run every job locally, WORKERS at a time (default 1)
 #   WORKERS=4 ./runs.sh           four at a time
 #   ./runs.sh --dry-run           print the commands, run nothing
-#   ./runs.sh --slurm             write ./runs_slurm.sbatch (one array task per command) and say how to submit it
+#   ./runs.sh --slurm             write ./runs_slurm.sbatch (one array task per command; RUNS_CPUS, RUNS_GPUS, RUNS_TIME,
+#                                 RUNS_PARTITION, RUNS_ACCOUNT set its requests; runs under RUNS_DIR, default runs/)
 #   ./runs.sh quick [--dry-run]   the CPU-sized set of docs/results.md (hours on a laptop, not days)
 #   ./runs.sh release [--dry-run] Hopper-v4 beside the authors' NC-LQL release: the protocol's defaults, seed 100,
 #                                 90,000 transitions, 20 eval episodes every 7,500 (docs/results.md)
@@ -20,6 +21,7 @@
 #   ./runs.sh five_tasks [--dry-run]  HalfCheetah-v4, Hopper-v4, Walker2d-v4, Ant-v4, Humanoid-v4, seeds 1-3 (SEEDS),
 #                                 30,000 steps at vs_sac's CPU settings: SAC, SOM and NC-LQL with their defaults
 #                                 (docs/results.md; records in results/five_tasks/)
+#   ./runs.sh smoke [--dry-run]   each script and SAC on the bandit, SMOKE_STEPS (300) steps: minutes (the Slurm test)
 #   ./runs.sh --only som          only one algorithm (som or nc_lql); combine with any of the above
 set -euo pipefail
 CALLER_DIR=$(pwd)
@@ -30,7 +32,7 @@ MODE=run
 ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    paper|quick|release|long|probe|vs_sac|five_tasks) SET="$1" ;;
+    paper|quick|release|long|probe|vs_sac|five_tasks|smoke) SET="$1" ;;
     --dry-run) MODE=dry ;;
     --slurm) MODE=slurm ;;
     --only)
@@ -38,13 +40,13 @@ while [ $# -gt 0 ]; do
         som|nc_lql) ONLY="$2"; shift ;;
         *) echo "runs.sh: --only takes som or nc_lql, got '${2:-}' (see ./runs.sh --help)" >&2; exit 2 ;;
       esac ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "runs.sh: unknown argument '$1' (see ./runs.sh --help)" >&2; exit 2 ;;
   esac
   shift
 done
 PYTHON=${PYTHON:-python}
-[ "$SET" = release ] || [ "$SET" = long ] || [ "$SET" = vs_sac ] || [ "$SET" = five_tasks ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
+[ "$SET" = release ] || [ "$SET" = long ] || [ "$SET" = vs_sac ] || [ "$SET" = five_tasks ] || [ "$SET" = smoke ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
 
 # The quick set's budgets per (script, env): what was run for docs/results.md on 2 CPU cores. Every SOM line says how
 # it collected data, so the commands stay those of the recorded runs: those with N = 32 collected with best-of-32
@@ -140,6 +142,15 @@ commands() {
     fi
     return
   fi
+  if [ "$SET" = smoke ]; then  # seconds to minutes: each script and SAC on the bandit (tests/test_slurm.py)
+    local bandit="--env-id scripts.bandit:MultimodalBandit-v0 --seed 1 --total-timesteps ${SMOKE_STEPS:-300}"
+    local small="$bandit --num-envs 1 --learning-starts 100 --batch-size 32 --eval-frequency 100 --eval-episodes 4"
+    small="$small --checkpoint-frequency 50 --checkpoint-buffer"
+    [ -n "$ONLY" ] && [ "$ONLY" != som ] || echo "$PYTHON som.py $small --exp-name som_smoke"
+    [ -n "$ONLY" ] && [ "$ONLY" != nc_lql ] || echo "$PYTHON nc_lql.py $small --hidden-dim 64 --exp-name nc_lql_smoke"
+    [ -n "$ONLY" ] || echo "$PYTHON scripts/sac_baseline.py $bandit --learning-starts 100 --batch-size 32 --eval-frequency 100 --eval-episodes 4 --exp-name sac_smoke"
+    return
+  fi
   if [ "$SET" = release ]; then  # seeds: SEEDS, default 100 (the release's first seed)
     local common="--env-id Hopper-v4 --eval-frequency 7500 --eval-episodes 20 --compile"
     local keep="--checkpoint-frequency 15000 --checkpoint-buffer"  # so the run can be continued with --resume past 90,000
@@ -194,18 +205,28 @@ case "$MODE" in
     script="$CALLER_DIR/runs_slurm.sbatch"
     {
       echo "#!/usr/bin/env bash"
-      echo "#SBATCH --job-name=som-nclql"
+      echo "# ./runs.sh $SET --slurm: one array task per command (docs/usage.md). sbatch's own variables override the"
+      echo "# lines below without editing them (SBATCH_PARTITION, SBATCH_ACCOUNT, SBATCH_TIMELIMIT, ...)."
+      echo "#SBATCH --job-name=som-nclql-$SET"
       echo "#SBATCH --array=0-$((${#JOBS[@]} - 1))"
-      echo "#SBATCH --cpus-per-task=4"
-      echo "#SBATCH --gres=gpu:1"
-      echo "#SBATCH --time=48:00:00"
+      echo "#SBATCH --cpus-per-task=${RUNS_CPUS:-4}"
+      [ "${RUNS_GPUS:-1}" = 0 ] || echo "#SBATCH --gres=gpu:${RUNS_GPUS:-1}"
+      echo "#SBATCH --time=${RUNS_TIME:-48:00:00}"
+      [ -z "${RUNS_PARTITION:-}" ] || echo "#SBATCH --partition=$RUNS_PARTITION"
+      [ -z "${RUNS_ACCOUNT:-}" ] || echo "#SBATCH --account=$RUNS_ACCOUNT"
       echo "#SBATCH --output=slurm-%A_%a.out"
-      echo "#SBATCH --signal=TERM@120"
+      echo "#SBATCH --open-mode=append"
+      # B: the warning goes to the batch shell, which exec below replaces with the training process itself
+      echo "#SBATCH --signal=B:TERM@${RUNS_WARNING_S:-120}"
+      echo "#SBATCH --requeue"
       echo "cd $(pwd)"
       echo "JOBS=("
-      for job in "${JOBS[@]}"; do printf "  %q\n" "$job --cuda"; done
+      for job in "${JOBS[@]}"; do printf "  %q\n" "$job"; done
       echo ")"
-      echo 'eval "${JOBS[$SLURM_ARRAY_TASK_ID]}"'
+      echo "# each task runs in its own folder: a requeued or resubmitted task resumes its newest checkpoint there"
+      echo "TASK_DIR=${RUNS_DIR:-runs}/slurm_$SET/task_\$SLURM_ARRAY_TASK_ID"
+      echo 'CHECKPOINT=$(ls -t "$TASK_DIR"/*/checkpoint.pt 2>/dev/null | head -n 1)'
+      echo 'eval "exec ${JOBS[$SLURM_ARRAY_TASK_ID]} --run-dir $TASK_DIR ${CHECKPOINT:+--resume $CHECKPOINT}"'
     } > "$script"
     echo "wrote $script with ${#JOBS[@]} array tasks; submit it with: sbatch $script"
     ;;

@@ -1,26 +1,36 @@
 """SOM: Score-Based One-step MeanFlow Policy Optimization, in one file.
 
-Paper: Kim, Ki, Ahn, Lee, "Score-Based One-step MeanFlow Policy Optimization", arXiv 2605.23365 (2026).
+Paper: Kim, Ki, Ahn, Lee, "Score-Based One-step MeanFlow Policy Optimization", arXiv 2605.23365 (2026). Only its
+abstract is public and there is no released code: each reconstructed Args field is tagged [paper] (the abstract),
+[third-party] (values a third party's public review reports from the paper's tables) or [ours], and docs/som.md
+gives the evidence for each.
 
-The target policy is the Boltzmann policy pi*(a|s) ~ exp(Q(s, a) / alpha). Noised by a VP diffusion,
+The target policy is a Boltzmann policy of the critic, pi*(a|s) ~ exp(Qn(s, a) / alpha) on the action box. Noised by
+a VP diffusion,
     a_t = mu(t) a_0 + sigma(t) eps,   beta(t) = beta_min + t (beta_max - beta_min),
 its probability-flow ODE
-    da/dt = v(a_t, t) = -0.5 beta(t) (a_t + w score_t(a_t))            (w = 1: the exact PF-ODE)
-carries Gaussian noise at t = 1 to pi* at t = 0. SOM estimates score_t from the critic with K Monte-Carlo proposals
-(section 1), turns it into v (section 2) and fits a MeanFlow network u(s, a, r, t), the AVERAGE velocity over
-[r, t], with the MeanFlow identity (section 3)
-    u(s, a_t, r, t) = v(a_t, t) - (t - r) d/dt u(s, a_t, r, t).
-One network evaluation maps noise to an action, a = eps - u(s, eps, 0, 1) (section 4): data is collected with one
-such action per state, evaluation keeps the best of N by the twin critics and also reports N = 1; the critics learn a
-TD target without an entropy term (section 5).
-
-Only the abstract is public and there is no released code: each reconstructed Args field is tagged [paper],
-[third-party] or [ours], and docs/som.md gives the evidence for each. Our default score is the posterior-mean (Tweedie)
-form, from critic forward passes only,
-    a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box,   w_k = softmax_k(Qn(s, a0_k) / alpha),
-    score = (mu sum_k w_k a0_k - a_t) / sigma^2,   Qn = Q standardised over the K proposals (alpha is relative to
-their spread; exactly exp(Q / alpha): --q-norm none). The third party's form: `--score-estimator idem --score-norm
---q-norm batch`. The actor is fitted at the batch's replay actions noised to t. Run: python som.py --env-id Hopper-v4
+    da/dt = v(a_t, t) = -0.5 beta(t) (a_t + w score_t(a_t)),   score_t = grad log p_t(a_t | s)   (w = 1: exact)
+carries Gaussian noise at t = 1 to pi* at t = 0. Per update:
+1. Score (K Monte-Carlo proposals, critic forward passes only; the posterior-mean or Tweedie form):
+       a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box,   w_k = softmax_k(Qn(s, a0_k) / alpha),
+       score = (mu sum_k w_k a0_k - a_t) / sigma^2.
+   Q is the mean of the two online critics. Qn is Q standardised: by default (--q-norm state) by its mean and std
+   over each noised action's K proposals, a spread that shrinks as t -> 0, so each flow time is scored at its own
+   temperature alpha std_K(Q) and the target is the exact PF-ODE of no single density. --q-norm uniform scales Q by
+   its std over K uniform actions per state, drawn once per update: one temperature alpha std_U(Q | s) at every t,
+   and with w = 1 the exact PF-ODE of exp(Q / (alpha std_U)). --q-norm none: exactly exp(Q / alpha).
+2. Target velocity v = -0.5 beta(t) (a_t + w score) at a training point a_t: the batch's replay action noised to t
+   (with --target-point-fraction f, the first f of the rows start instead from a draw of the target: one of the K
+   uniform actions picked by softmax_k(Qn / alpha)).
+3. MeanFlow: u(s, a, r, t), the AVERAGE velocity over [r, t], fitted with the MeanFlow identity
+       u(s, a_t, r, t) = v(a_t, t) - (t - r) d/dt u(s, a_t, r, t)         (the target held fixed)
+4. Acting: one network evaluation per candidate, a = clip(eps - u(s, eps, 0, 1), -1, 1). Data is collected with one
+   candidate per state; the TD target's a' is the best of --num-target-candidates by min(Q1, Q2) of the online
+   critics; evaluation reports best-of-N (--num-candidates), N = 1 and the zero-noise action a = clip(-u(s, 0, 0, 1)).
+5. Critic: y = reward_scale r + gamma (1 - terminated) min_j Qtarget_j(s', a'), no entropy term.
+The score's gradient form, the gradient of logsumexp_k Q(a_t / mu + (sigma / mu) eps_k) / alpha unit-normalised and
+scaled by w, is the one the third party reports (iDEM's estimator, from "Iterated Denoising Energy Matching"):
+`--score-estimator idem --score-norm --q-norm batch`. Run: python som.py --env-id Hopper-v4
 """
 
 from __future__ import annotations
@@ -101,7 +111,8 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
     score_norm: bool = False
     """[ours] off; on: unit-normalise the score and multiply by w in the target velocity (the third-party form)"""
     w: float = 1.0
-    """[paper] greediness: the target velocity is -0.5 beta(t) (a_t + w * score); [ours] 1, the exact PF-ODE"""
+    """[paper] the score's weight in the target velocity -0.5 beta(t) (a_t + w * score): above 1 the flow is pulled
+    harder toward Q's modes (and the score's Q-free Gaussian part is scaled too); [ours] 1, the exact PF-ODE"""
     num_candidates: int = 32
     """[paper] N: one-step candidates per decision, the best by min(Q1, Q2) taken (1: the one-step policy); [ours] 32"""
     num_target_candidates: Optional[int] = None
@@ -227,12 +238,11 @@ class ReplayBuffer:
 
 # ==== 1. Score of the noised Boltzmann policy, estimated from the critic with K Monte-Carlo proposals =================
 def truncated_normal_in_box(mean: torch.Tensor, std: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """K draws of N(mean, std^2) truncated to [-1, 1] per dimension by inverse-CDF sampling: (B, A) -> (K, B, A). In
-    float64 and mirrored so the box lies at or below the mean, where the CDF keeps its relative precision (std ~150
-    near t = 1, tiny near t = 0); where the CDF underflows, the draw is the box face nearest the mean (its limit)."""
-    # float64: at t = 1 std is about 150, near t = 0 it is tiny, and the CDF differences below need the digits
+    """K draws of N(mean, std^2) truncated to [-1, 1] per dimension by inverse-CDF sampling: (B, A) -> (K, B, A)."""
+    # float64 (std is about 150 at t = 1 and tiny near t = 0), mirrored to mean >= 0 so that the box lies at or
+    # below the mean, where the normal CDF keeps its relative precision
     flip = mean < 0
-    m, s = mean.double().abs(), std.double().expand_as(mean)  # mirrored: mean >= 0, so the box is at or below it
+    m, s = mean.double().abs(), std.double().expand_as(mean)
     # the CDF of N(m, s^2) at the box's faces; a uniform p between them, mapped back by the inverse CDF
     cdf_lo, cdf_hi = torch.special.ndtr((-1.0 - m) / s), torch.special.ndtr((1.0 - m) / s)
     p = cdf_lo + torch.rand((num_samples, *m.shape), dtype=torch.float64, device=m.device) * (cdf_hi - cdf_lo)
@@ -409,13 +419,15 @@ def critic_loss(critic: TwinCritic, obs, actions, y) -> tuple[torch.Tensor, torc
 
 
 def actor_loss(args: Args, batch, actor, critic, diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
-    """The MeanFlow loss at replay states, with their replay actions a noised to t:
+    """The MeanFlow loss at replay states, with their replay actions a (or draws of the target) noised to t:
         a_t = mu(t) a + sigma(t) eps,   v = PF-ODE velocity at (a_t, t) from the score estimate,
         loss = adaptive-weighted || u(s, a_t, r, t) - stopgrad(v - (t - r) du/dt) ||^2.
     The info is empty unless `diagnostics` (at log time)."""
     obs, actions = batch[0], batch[1]
 
-    def mean_q(o, a):  # the mean of the two online critics
+    # SOM's three Q's: the score weighs proposals by the MEAN of the two online critics (here), candidates are ranked
+    # by the online critics' MIN (sample_actions), and the TD target bootstraps on the target critics' MIN (td_target)
+    def mean_q(o, a):
         return critic(o, a).mean(dim=0)
 
     with torch.no_grad():
@@ -437,8 +449,8 @@ def actor_loss(args: Args, batch, actor, critic, diagnostics: bool = False) -> t
 
 
 def actor_diagnostics(args: Args, batch, actor, critic) -> dict:
-    """For the logs, eager on a small batch: the actor loss's diagnostics, and how much Q one step loses against the
-    20-step flow (one_step_q_gap > 0: the shortcut lands on worse actions than the flow it was fitted to)."""
+    """For the logs, eager on a small batch: the actor loss's diagnostics, and one_step_q_gap, the mean Q of the
+    actor's own 20-step flow minus that of its one-step map from the same noise (> 0: one step lands lower)."""
     with torch.no_grad():
         _, info = actor_loss(args, batch, actor, critic, diagnostics=True)
         obs, noise = batch[0], torch.randn(1, *batch[1].shape, device=batch[1].device)  # one eps for both, paired
@@ -446,19 +458,21 @@ def actor_diagnostics(args: Args, batch, actor, critic) -> dict:
         return {**info, "losses/one_step_q_gap": q_flow - q_one_step}
 
 
-def hot_paths(compile: bool = False, device: Optional[torch.device] = None) -> SimpleNamespace:
+def hot_paths(compile: bool = False, device: Optional[torch.device] = None, cudagraphs: bool = False):
     """The per-step functions by name, eager or (--compile) compiled copies of the same math; the updates take `hot`."""
-    return common.hot_functions([sample_actions, bootstrap_target, critic_loss, actor_loss], compile, device)
+    return common.hot_functions(
+        [sample_actions, bootstrap_target, critic_loss, actor_loss], compile, device, cudagraphs
+    )
 
 
 def critic_update(args: Args, batch, actor, critic, critic_target, critic_optimizer,
                   hot: Optional[SimpleNamespace] = None) -> dict:  # fmt: skip
     """One Adam step of both critics toward the TD target (`hot`: the functions to run; default eager)."""
     hot = hot or hot_paths()
-    y = hot.bootstrap_target(args, batch, actor, critic, critic_target)
+    y = hot.bootstrap_target(args, batch, actor, critic, critic_target)  # consumed before the next call: no copy
     loss, q_mean = hot.critic_loss(critic, batch[0], batch[1], y)
-    return {"losses/critic_loss": common.optimizer_step(critic_optimizer, loss, "losses/critic_loss"),
-            "losses/q_values": q_mean}  # fmt: skip
+    loss = common.optimizer_step(critic_optimizer, loss, "losses/critic_loss")
+    return {"losses/critic_loss": loss, "losses/q_values": q_mean.clone()}  # copies: read at log time (CUDA graphs)
 
 
 def actor_update(args: Args, batch, actor, critic, actor_optimizer, hot: Optional[SimpleNamespace] = None) -> dict:
@@ -512,7 +526,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     run_dir = common.run_dir_for(args)
     common.seed_everything(args.seed, args.torch_deterministic)
     device = common.pick_device(args.cuda)
-    hot = hot_paths(args.compile, device)  # the eager functions, or compiled copies of them
+    hot = hot_paths(args.compile, device, args.cudagraphs)  # the eager functions, or compiled copies of them
     envs = common.make_vector_env(args.env_id, args.num_envs, args.seed,
                                   os.path.join(run_dir, "videos") if args.capture_video else None)  # fmt: skip
     obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
@@ -560,6 +574,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
             # ---- learn: one critic and one actor update per vector step, once the buffer holds --learning-starts rows
             if global_step >= args.learning_starts and rb.size >= min(args.learning_starts, rb.capacity):
+                common.cuda_graph_step(args)
                 batch = rb.sample(args.batch_size)
                 update_info = critic_update(args, batch, actor, critic, critic_target, critic_optimizer, hot)
                 update_info.update(actor_update(args, batch, actor, critic, actor_optimizer, hot))

@@ -186,3 +186,12 @@ def test_compiled_run_is_deterministic_resumes_exactly_and_continues_in_eager_mo
     policy, _ = (som if script == "som.py" else nc_lql).load_policy(model)
     actions = policy(torch.zeros(3, 1))
     assert actions.shape == (3, 2) and actions.abs().max() <= 1.0
+
+
+def test_cuda_graphs_only_with_cudagraphs_on_a_cuda_device(monkeypatch):
+    """--compile on CUDA is plain torch.compile; --cudagraphs adds inductor's CUDA graphs (CPU: the C++ wrapper)."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic, options: seen.append(options) or fn)
+    for device, cudagraphs in (("cpu", False), ("cuda", False), ("cuda", True)):
+        common.compile_hot(len, torch.device(device), cudagraphs)
+    assert [sorted(k for k, v in o.items() if v is True) for o in seen] == [["cpp_wrapper"], [], ["triton.cudagraphs"]]

@@ -29,8 +29,10 @@ def test_noise_schedule_is_geometric_with_the_release_endpoints():
 def test_sampler_schedule_nc_and_plain_lql():
     levels, eps = nc_lql.sampler_schedule(nc_lql.Args())
     assert levels == [lvl for lvl in range(10) for _ in range(2)] and len(eps) == 20
-    levels, eps = nc_lql.sampler_schedule(nc_lql.Args(lql=True, lql_steps=20, lql_step_size=2e-3))
+    lql = nc_lql.Args(lql=True, lql_steps=20, lql_step_size=2e-3)
+    levels, eps = nc_lql.sampler_schedule(lql)
     assert levels == [0] * 20 and eps == [2e-3] * 20
+    assert nc_lql.num_noise_levels(lql) - 1 == 0  # the TD loss's clean level (main's sigmas) is the sampler's level
 
 
 # -------------------------------------------------------------------------------------------------- sampler
@@ -211,6 +213,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
         (["--env-id", "Pendulum-v1", "--num-levels", "0"], "--num-levels must be positive"),
         (["--env-id", "Pendulum-v1", "--batch-size", "64", "--learning-starts", "10"], "must not exceed"),
         (["--env-id", "Pendulum-v1", "--sigma-min", "0.5"], "must be below --sigma-max"),
+        (["--env-id", "Pendulum-v1", "--lql", "--num-levels", "5"], "--lql samples and trains at one noise level"),
     ],
 )
 def test_bad_input_exits_with_one_sentence(cli, message):

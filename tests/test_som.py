@@ -468,6 +468,9 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
         (["--env-id", "Pendulum-v1", "--batch-size", "512", "--learning-starts", "100"], "must not exceed"),
         (["--env-id", "Pendulum-v1", "--eval-frequency", "0"], "--eval-frequency must be positive"),
         (["--env-id", "Pendulum-v1", "--num-mc-samples", "-1"], "--num-mc-samples must be positive"),
+        (["--env-id", "Pendulum-v1", "--target-point-fraction", "1.5"], "--target-point-fraction must be in [0, 1]"),
+        (["--env-id", "Pendulum-v1", "--cudagraphs"], "--cudagraphs needs --compile"),
+        (["--env-id", "Pendulum-v1", "--cudagraphs", "--compile", "--no-cuda"], "--cudagraphs needs a CUDA device"),
     ],
 )
 def test_bad_input_exits_with_one_sentence(cli, message):
