@@ -215,10 +215,23 @@ def script_of(record: dict) -> str:
     return os.path.basename(record["command"].split()[1])
 
 
+# what a run set holds when complete: a table marks what its records lack ("not run", "2 of 3 seeds")
+SETS = {"five_tasks": {"tasks": TASK_ORDER, "seeds": [1, 2, 3], "scripts": [BASELINE, "som.py", "nc_lql.py"]}}
+SCRIPT_TAGS = {"som.py": list(EVAL_TAGS), BASELINE: ["eval/episodic_return"], "nc_lql.py": ["eval/episodic_return"]}
+
+
+def set_of(records: list[dict]) -> dict:
+    """The set these records belong to (SETS, by their folder's name), or what the records themselves hold."""
+    names = {os.path.basename(os.path.dirname(r["path"])) for r in records if "path" in r}
+    return SETS.get(names.pop(), {}) if len(names) == 1 else {}
+
+
 def method_rows(records: list[dict]) -> list[tuple[str, str, str]]:
     """(label, script, tag) per evaluated policy, SAC first: SOM's best-of-N, N = 1 and zero noise are three rows."""
     order = {BASELINE: 0, "som.py": 1, "nc_lql.py": 2}
-    rows = set()
+    rows = {
+        (order[s], list(EVAL_TAGS).index(t), s, t) for s in set_of(records).get("scripts", []) for t in SCRIPT_TAGS[s]
+    }
     for record in records:
         script = script_of(record)
         for tag in record["evaluations"]:
@@ -238,7 +251,7 @@ def record_n(records: list[dict], script: str) -> str:
         if script_of(record) == script:
             words = record["command"].split()
             values.add(words[words.index("--num-candidates") + 1] if "--num-candidates" in words else "32")
-    return "/".join(sorted(values))
+    return "/".join(sorted(values)) or "N"
 
 
 def run_score(record: dict, tag: str) -> float:
@@ -248,8 +261,10 @@ def run_score(record: dict, tag: str) -> float:
 
 def score_grid(records: list[dict]) -> tuple[list[str], list[int], dict]:
     """Tasks (in TASK_ORDER), seeds, and {(script, tag): {task: {seed: score}}}."""
-    tasks = sorted({r["env_id"] for r in records}, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else 99, t))
-    seeds = sorted({r["seed"] for r in records})
+    spec = set_of(records)
+    tasks = {r["env_id"] for r in records} | set(spec.get("tasks", []))
+    tasks = sorted(tasks, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else 99, t))
+    seeds = sorted({r["seed"] for r in records} | set(spec.get("seeds", [])))
     grid: dict = {}
     for record in records:
         for tag in record["evaluations"]:
@@ -265,7 +280,7 @@ def task_table(records: list[dict]) -> list[str]:
     for label, script, tag in method_rows(records):
         cells = []
         for task in tasks:
-            values = list(grid[(script, tag)].get(task, {}).values())
+            values = list(grid.get((script, tag), {}).get(task, {}).values())
             if not values:
                 cells.append("not run")
                 continue
@@ -297,7 +312,7 @@ def aggregate_table(records: list[dict], reps: int = 2000) -> list[str]:
             continue
         kept = [t for t in complete_tasks(grid, script, tag, tasks, seeds) if np.mean(list(base[t].values())) > 0]
         if not kept:
-            lines.append(f"| {label} | none with every seed of it and SAC | | |")
+            lines.append(f"| {label} | none yet with every seed of it and of SAC | | |")
             continue
         mine = np.array([[grid[(script, tag)][t][s] for t in kept] for s in seeds])  # (runs, tasks)
         sac = np.array([[base[t][s] for t in kept] for s in seeds])
@@ -330,10 +345,41 @@ def provenance(records: list[dict]) -> list[str]:
     return lines
 
 
+BENCHMARK_FORMAT = "som-nc_lql-benchmark/1"
+
+
+def speed_table(record: dict) -> list[str]:
+    """tests/benchmark.py's record as its table: eager and compiled ms, speed-up, achieved GFLOP/s and the FLOP floor
+    (each row's matmul FLOPs at the same run's plain-matmul rate), then the run's facts in one line."""
+    lines = ["| what | eager ms | compiled ms | speed-up | eager GFLOP/s | compiled GFLOP/s | FLOP floor ms |",
+             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for row in record["rows"]:
+        gflop, e, c = row["gflop"], row["eager_ms"], row["compiled_ms"]
+        rate = (lambda ms, gflop=gflop: f"{gflop / ms * 1e3:.0f}") if gflop else (lambda ms: "")
+        floor = f"{gflop / record['matmul_gflops'] * 1e3:.1f}" if gflop else ""
+        lines.append(f"| {row['what']} | {e:.2f} | {c:.2f} | {e / c:.1f}x | {rate(e)} | {rate(c)} | {floor} |")
+    sizes, versions = record["sizes"], record["versions"]
+    lines += ["", f"`{record['command']}` at commit {record['commit']}: {record['machine']}, torch "
+              f"{versions.get('torch')}, {record['device']}; obs {sizes['obs']}, act {sizes['act']}, batch "
+              f"{sizes['batch']}, K {sizes['K']}, N {sizes['N']}; plain matmul {record['matmul_gflops']} GFLOP/s "
+              "in the same run."]  # fmt: skip
+    return lines
+
+
 def generated_tables(results: str = RESULTS) -> dict[str, list[str]]:
-    """Every table the pages show, by name: {set}/tasks, {set}/aggregate and {set}/runs for each folder of records."""
+    """Every table the pages show, by name: {set}/tasks, {set}/aggregate and {set}/runs for each folder of run
+    records; speed/{name} for each benchmark record results/speed/{name}.json."""
     tables = {}
+    for path in sorted(glob.glob(os.path.join(results, "speed", "*.json"))):
+        record = json.load(open(path))
+        if record.get("format") != BENCHMARK_FORMAT:
+            raise RecordError(
+                f"{path} is not a benchmark record of format {BENCHMARK_FORMAT} (tests/benchmark.py --out)."
+            )
+        tables[f"speed/{os.path.basename(path)[:-5]}"] = speed_table(record)
     for folder in sorted(glob.glob(os.path.join(results, "*", ""))):
+        if os.path.basename(folder.rstrip("/")) == "speed":
+            continue
         name, records = os.path.basename(folder.rstrip("/")), load_records(folder)
         tables[f"{name}/tasks"] = task_table(records)
         tables[f"{name}/aggregate"] = aggregate_table(records)
@@ -380,6 +426,12 @@ def plot_curves(records: list[dict], out: str) -> None:
     colors = {script: f"C{i}" for i, script in enumerate(scripts)}  # one colour per script in every panel
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
+        if not any(r["env_id"] == task for r in records):
+            ax.text(0.5, 0.5, "no records yet", ha="center", va="center", transform=ax.transAxes, color="gray")
+            ax.set_title(task)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         for label, script, tag in method_rows(records):
             runs = [r["evaluations"][tag] for r in records if r["env_id"] == task and script_of(r) == script
                     and tag in r["evaluations"]]  # fmt: skip

@@ -6,7 +6,7 @@ FLOP floor of each update at that rate, the compile time of each compiled functi
 end-to-end training steps per second of a short Hopper-v4 run at the scripts' defaults in both modes.
 
 Usage: python tests/benchmark.py [--obs-dim 17 --act-dim 6 --batch-size 256 --num-mc-samples 100 --repeats 10]
-       [--no-end-to-end] [--only som|nc_lql]
+       [--no-end-to-end] [--only som|nc_lql] [--cuda] [--som-variant q_norm=uniform ...] [--out results/speed.json]
 Defaults: HalfCheetah-v4's dimensions, the protocol's batch, K = 100 and N = 32. It takes about 15 minutes on 2 CPU
 cores, most of it compiling and the end-to-end runs.
 """
@@ -14,7 +14,9 @@ cores, most of it compiling and the end-to-end runs.
 from __future__ import annotations
 
 import argparse
+import ast
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -31,14 +33,21 @@ import som  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def sync() -> None:
+    if torch.cuda.is_available():  # CUDA kernels run asynchronously: time them to their end
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeats: int) -> float:
     """Median milliseconds of fn() over `repeats` calls after two warm-up calls."""
     for _ in range(2):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     times.sort()
     return 1000.0 * times[len(times) // 2]
@@ -47,6 +56,7 @@ def timed(fn, repeats: int) -> float:
 def first_call_seconds(fn) -> float:
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -57,9 +67,11 @@ def mlp_flops(rows: int, sizes: list[int]) -> float:
 
 class Table:
     def __init__(self, matmul_gflops: float):
-        self.rows, self.matmul = [], matmul_gflops
+        self.rows, self.matmul, self.records = [], matmul_gflops, []
 
     def add(self, name: str, eager_ms: float, compiled_ms: float, gflop: float = 0.0) -> None:
+        self.records.append({"what": name, "eager_ms": round(eager_ms, 3), "compiled_ms": round(compiled_ms, 3),
+                             "gflop": round(gflop, 4)})  # fmt: skip
         rate = lambda ms: f"{gflop / ms * 1e3:.0f}" if gflop else ""  # noqa: E731
         floor = f"{gflop / self.matmul * 1e3:.1f}" if gflop else ""
         self.rows.append(f"| {name} | {eager_ms:.2f} | {compiled_ms:.2f} | {eager_ms / compiled_ms:.1f}x | "
@@ -71,13 +83,14 @@ class Table:
         print("\n".join(self.rows))
 
 
-def end_to_end(script: str, compiled: bool, training_steps: int) -> float:
+def end_to_end(script: str, compiled: bool, training_steps: int, device: str = "cpu") -> float:
     """Training steps/s of `python script --env-id Hopper-v4` at the defaults (30,000 warm-up transitions, 5 envs),
     over the last 30 s of its training phase (charts/SPS at the last log; compiling happens before that window)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     with tempfile.TemporaryDirectory() as runs:
-        cmd = [sys.executable, os.path.join(ROOT, script), "--env-id", "Hopper-v4", "--no-cuda", "--run-dir", runs,
+        cmd = [sys.executable, os.path.join(ROOT, script), "--env-id", "Hopper-v4",
+               "--cuda" if device == "cuda" else "--no-cuda", "--run-dir", runs,
                "--total-timesteps", str(30_000 + training_steps), "--log-frequency", "500",
                "--eval-episodes", "1", "--compile" if compiled else "--no-compile"]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True, cwd=runs)
@@ -97,8 +110,19 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--only", choices=["som", "nc_lql"], default=None, help="time one script only")
+    p.add_argument("--cuda", action="store_true", help="time on the GPU (eager, and compiled without CUDA graphs)")
+    p.add_argument(
+        "--som-variant",
+        action="append",
+        default=[],
+        metavar="FLAG=VALUE[,FLAG=VALUE]",
+        help="also time SOM's full update with these Args changed, e.g. q_norm=uniform (repeatable)",
+    )
+    p.add_argument("--out", default=None, help="write the table and the run's facts to this JSON file")
     cli = p.parse_args()
-    cpu = torch.device("cpu")
+    if cli.cuda and not torch.cuda.is_available():
+        raise SystemExit("error: --cuda needs a CUDA device, and torch sees none.")
+    cpu = torch.device("cuda" if cli.cuda else "cpu")  # the device every tensor below lives on
     torch.manual_seed(0)
     S, A, B, K, N = cli.obs_dim, cli.act_dim, cli.batch_size, cli.num_mc_samples, cli.num_candidates
     h, reps = 256, cli.repeats
@@ -111,7 +135,7 @@ def main() -> None:
         compile_s[name] = first_call_seconds(lambda: fn(compiled_hot))
         return eager, timed(lambda: fn(compiled_hot), repeats)
 
-    x, wmat = torch.randn(K * B, h), torch.randn(2, h, h)
+    x, wmat = torch.randn(K * B, h, device=cpu), torch.randn(2, h, h, device=cpu)
     ms_mm = timed(lambda: torch.matmul(x.view(1, -1, h), wmat), reps)
     matmul_gflops = 2 * 2 * K * B * h * h / ms_mm / 1e6
     table = Table(matmul_gflops)
@@ -119,6 +143,7 @@ def main() -> None:
     critic_sizes = [A, h, h, h, 1]
 
     batch = (torch.randn(B, S), torch.rand(B, A) * 2 - 1, torch.randn(B), torch.randn(B, S), torch.zeros(B))
+    batch = tuple(x.to(cpu) for x in batch)
 
     # ---------------------------------------------------------------------------------------------------- SOM
     if cli.only != "nc_lql":
@@ -127,7 +152,7 @@ def main() -> None:
         critic_target = som.build_networks(args, S, A, cpu)[1]
         actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-4)
         critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-4)
-        one_obs = torch.randn(1, S)
+        one_obs = torch.randn(1, S, device=cpu)
         for n in (1, N):
             with torch.no_grad():
                 e, c = both(f"som act N={n}", lambda hot, n=n: hot.sample_actions(actor, critic, one_obs, n), som,
@@ -156,7 +181,7 @@ def main() -> None:
         e, c = both("som critic step", critic_step, som, reps)
         table.add("SOM critic step (TD loss, backward, Adam)", e, c, flops_critic_step / 1e9)
 
-        t_rand, noised = torch.rand(B, 1) * 0.998 + 0.001, torch.randn(B, A)
+        t_rand, noised = torch.rand(B, 1, device=cpu) * 0.998 + 0.001, torch.randn(B, A, device=cpu)
 
         def score():  # returns the score: a compiled function whose result is unused would compute nothing
             with torch.no_grad():
@@ -193,20 +218,28 @@ def main() -> None:
         flops_update = flops_target + flops_critic_step
         e, c = both("som update", som_update, som, reps)
         table.add("**SOM full update** (critic + actor)", e, c, (flops_update + flops_actor_step) / 1e9)
+        for variant in cli.som_variant:  # the same update with other flags, timed in this run beside the default's
+            changes = dict(item.split("=", 1) for item in variant.split(","))
+            changes = {
+                k: v if isinstance(getattr(som.Args(), k), str) else ast.literal_eval(v) for k, v in changes.items()
+            }
+            args = som.Args(batch_size=B, num_mc_samples=K, num_candidates=N, num_target_candidates=N, **changes)
+            e, c = both(f"som update {variant}", som_update, som, reps)
+            table.add(f"SOM full update, {variant.replace(',', ', ')}", e, c)
 
     # ---------------------------------------------------------------------------------------------------- NC-LQL
     if cli.only != "som":
         nc_args = nc_lql.Args(batch_size=B)
-        nc_critic = nc_lql.NoiseConditionedTwinCritic(S, A)
-        nc_target = nc_lql.NoiseConditionedTwinCritic(S, A)
+        nc_critic = nc_lql.NoiseConditionedTwinCritic(S, A).to(cpu)
+        nc_target = nc_lql.NoiseConditionedTwinCritic(S, A).to(cpu)
         nc_opt = torch.optim.Adam(nc_critic.parameters(), lr=1e-4)
-        sigmas = torch.tensor(nc_lql.noise_schedule(10, 0.1, 0.001))
+        sigmas = torch.tensor(nc_lql.noise_schedule(10, 0.1, 0.001), device=cpu)
         steps = nc_args.num_levels * nc_args.steps_per_level
         # one Langevin step per row: both critics' forward on the action's share and the hidden layers, and the same
         # matrices again for the input gradient
         step_flops = 2 * 2 * mlp_flops(1, critic_sizes)
         for rows in (1, 5):
-            obs = torch.randn(rows, S)
+            obs = torch.randn(rows, S, device=cpu)
             with torch.no_grad():
                 e, c = both(f"nc act {rows}", lambda hot, obs=obs: hot.sample_actions(nc_critic, obs, nc_args, A),
                             nc_lql, reps * (5 if rows == 1 else 2))  # fmt: skip
@@ -246,6 +279,7 @@ def main() -> None:
     print("\ncompile time of each compiled function (its first call, seconds):")
     print(", ".join(f"{k} {v:.0f}" for k, v in compile_s.items()))
 
+    end_to_end_rows = []
     if cli.end_to_end:
         print("\nend-to-end, Hopper-v4 at the defaults (5 envs, 30,000 warm-up transitions), training steps/s over "
               "the last 30 s of a short run:")  # fmt: skip
@@ -253,9 +287,22 @@ def main() -> None:
         for script, (eager_steps, compiled_steps) in (("som.py", (1000, 2000)), ("nc_lql.py", (2000, 5000))):
             if cli.only and not script.startswith(cli.only):
                 continue
-            e = end_to_end(script, False, eager_steps)
-            c = end_to_end(script, True, compiled_steps)
+            e = end_to_end(script, False, eager_steps, cpu.type)
+            c = end_to_end(script, True, compiled_steps, cpu.type)
             print(f"| {script} | {e:.1f} | {c:.1f} | {c / e:.1f}x |", flush=True)
+            end_to_end_rows.append(
+                {"script": script, "eager_steps_per_s": round(e, 1), "compiled_steps_per_s": round(c, 1)}
+            )
+    if cli.out:  # the record README.md and docs/speed.md print their speed tables from (figures.py tables)
+        record = {"format": "som-nc_lql-benchmark/1", "command": common.command_line(),
+                  "commit": common.source_commit(),
+                  "machine": common.machine_description(), "versions": common.package_versions(), "device": cpu.type,
+                  "sizes": {"obs": S, "act": A, "batch": B, "K": K, "N": N}, "matmul_gflops": round(matmul_gflops, 1),
+                  "rows": table.records, "compile_s": {k: round(v, 1) for k, v in compile_s.items()},
+                  "end_to_end": end_to_end_rows}  # fmt: skip
+        with open(cli.out, "w") as f:
+            json.dump(record, f, indent=1)
+        print(f"wrote {cli.out}")
 
 
 if __name__ == "__main__":

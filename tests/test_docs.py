@@ -47,3 +47,14 @@ def test_the_readmes_test_command_is_the_one_ci_runs():
     (readme_cmd,) = re.findall(r"^python (-m pytest [^#\n]*?)\s*#", readme, flags=re.M)
     (ci_cmd,) = re.findall(r"^python3? (-m pytest .*)$", ci, flags=re.M)
     assert readme_cmd == ci_cmd.strip()
+
+
+def test_every_table_between_markers_is_what_the_records_give():
+    """README.md and docs/ show each results or speed table as `python scripts/figures.py tables` prints it from
+    results/; a number changed by hand in a page, or a record changed without `tables --write`, fails here."""
+    pytest.importorskip("rliable")
+    from scripts import figures
+
+    shown = {name for page in figures.pages() for name in figures.page_blocks(open(page).read())}
+    assert {"five_tasks/tasks", "five_tasks/aggregate"} <= shown
+    assert figures.fill_pages(figures.pages(), figures.generated_tables(), write=False) == []
