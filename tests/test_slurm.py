@@ -10,10 +10,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
-from helpers import ROOT, read_scalars, run_script, script_env
+from helpers import ROOT, read_scalars, script_env
 
 DAEMONS = ["munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue"]
 pytestmark = [
@@ -127,10 +128,11 @@ def test_every_task_runs_and_one_past_its_time_limit_finishes_from_its_checkpoin
     first = submit(cluster, script, "--array=0", "--time=2", "--signal=B:TERM@60", f"--output={tmp_path}/som-1.out")
     others = submit(cluster, script, "--array=1-2", f"--output={tmp_path}/task-%a.out")
     (command,) = [line.strip() for line in text.splitlines() if "som.py" in line]
-    reference = tmp_path / "reference"  # the same command, uninterrupted, outside Slurm
+    reference = tmp_path / "reference"  # the same command, uninterrupted, outside Slurm, meanwhile
     argv = command.replace("\\ ", " ").split()[2:]
-    ref = run_script("som.py", *argv, "--run-dir", str(reference), timeout=900)
-    assert ref.returncode == 0, ref.stderr[-2000:]
+    ref_log = open(tmp_path / "reference.log", "w")
+    ref = subprocess.Popen([sys.executable, os.path.join(ROOT, "som.py"), *argv, "--run-dir", str(reference)],
+                           stdout=ref_log, stderr=subprocess.STDOUT, env=script_env())  # fmt: skip
     wait_for(cluster, [first])
     log = (tmp_path / "som-1.out").read_text()
     assert "SIGTERM received: stopped at step" in log, log[-2000:]
@@ -138,6 +140,7 @@ def test_every_task_runs_and_one_past_its_time_limit_finishes_from_its_checkpoin
     assert 0 < stopped < STEPS, f"the time limit fell at step {stopped} of {STEPS}: not mid-run"
     again = submit(cluster, script, "--array=0", f"--output={tmp_path}/som-2.out")
     wait_for(cluster, [again, others])
+    assert ref.wait(timeout=900) == 0, (tmp_path / "reference.log").read_text()[-2000:]
     assert f"resumed from {runs}/slurm_smoke/task_0/" in (tmp_path / "som-2.out").read_text()
     for task in range(3):
         assert last_step(runs / "slurm_smoke" / f"task_{task}") == STEPS, tmp_path / f"task-{task}.out"
