@@ -1,36 +1,31 @@
 """SOM: Score-Based One-step MeanFlow Policy Optimization, in one file.
 
-Paper: Kim, Ki, Ahn, Lee, "Score-Based One-step MeanFlow Policy Optimization", arXiv 2605.23365 (2026). Only its
-abstract is public and there is no released code: each reconstructed Args field is tagged [paper] (the abstract),
-[third-party] (values a third party's public review reports from the paper's tables) or [ours], and docs/som.md
-gives the evidence for each.
+Paper: Kim, Ki, Ahn, Lee, arXiv 2605.23365 (2026). Only its abstract is public and there is no released code: each
+reconstructed Args field is tagged [paper] (the abstract), [third-party] (values a public review of the paper reports
+from its tables) or [ours]; docs/som.md gives the evidence for each.
 
-The target policy is a Boltzmann policy of the critic, pi*(a|s) ~ exp(Qn(s, a) / alpha) on the action box. Noised by
-a VP diffusion,
-    a_t = mu(t) a_0 + sigma(t) eps,   beta(t) = beta_min + t (beta_max - beta_min),
-its probability-flow ODE
+The target is a Boltzmann policy of the critic on the action box, pi*(a|s) ~ exp(Qn(s, a) / alpha). Noised by a VP
+diffusion, a_t = mu(t) a_0 + sigma(t) eps with beta(t) = beta_min + t (beta_max - beta_min), its probability-flow ODE
     da/dt = v(a_t, t) = -0.5 beta(t) (a_t + w score_t(a_t)),   score_t = grad log p_t(a_t | s)   (w = 1: exact)
 carries Gaussian noise at t = 1 to pi* at t = 0. Per update:
-1. Score (K Monte-Carlo proposals, critic forward passes only; the posterior-mean or Tweedie form):
+1. Score, from K Monte-Carlo proposals and critic forward passes (the posterior-mean, or Tweedie, form):
        a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box,   w_k = softmax_k(Qn(s, a0_k) / alpha),
-       score = (mu sum_k w_k a0_k - a_t) / sigma^2.
-   Q is the mean of the two online critics. Qn is Q standardised: by default (--q-norm state) by its mean and std
-   over each noised action's K proposals, a spread that shrinks as t -> 0, so each flow time is scored at its own
-   temperature alpha std_K(Q) and the target is the exact PF-ODE of no single density. --q-norm uniform scales Q by
-   its std over K uniform actions per state, drawn once per update: one temperature alpha std_U(Q | s) at every t,
-   and with w = 1 the exact PF-ODE of exp(Q / (alpha std_U)). --q-norm none: exactly exp(Q / alpha).
-2. Target velocity v = -0.5 beta(t) (a_t + w score) at a training point a_t: the batch's replay action noised to t
-   (with --target-point-fraction f, the first f of the rows start instead from a draw of the target: one of the K
-   uniform actions picked by softmax_k(Qn / alpha)).
-3. MeanFlow: u(s, a, r, t), the AVERAGE velocity over [r, t], fitted with the MeanFlow identity
-       u(s, a_t, r, t) = v(a_t, t) - (t - r) d/dt u(s, a_t, r, t)         (the target held fixed)
-4. Acting: one network evaluation per candidate, a = clip(eps - u(s, eps, 0, 1), -1, 1). Data is collected with one
-   candidate per state; the TD target's a' is the best of --num-target-candidates by min(Q1, Q2) of the online
-   critics; evaluation reports best-of-N (--num-candidates), N = 1 and the zero-noise action a = clip(-u(s, 0, 0, 1)).
+       score = (mu sum_k w_k a0_k - a_t) / sigma^2,   Q the mean of the two online critics.
+   Qn is Q standardised. Default (--q-norm state): by its mean and std over each noised action's K proposals, a
+   spread that shrinks as t -> 0, so each flow time has its own temperature alpha std_K(Q) and v is the PF-ODE of no
+   single density. --q-norm uniform: by its std over K uniform actions per state, drawn once per update, one
+   temperature for every t, and with w = 1 v is the exact PF-ODE of exp(Q / (alpha std_U(Q | s))). none: Q / alpha.
+2. Training points: the batch's replay actions noised to t (--target-point-fraction f: the first f of the rows start
+   from a draw of the target instead, one of the K uniform actions picked by softmax_k(Qn / alpha)).
+3. MeanFlow: u(s, a, r, t), the AVERAGE velocity over [r, t], fitted to the identity (its right side held fixed)
+       u(s, a_t, r, t) = v(a_t, t) - (t - r) d/dt u(s, a_t, r, t).
+4. Acting: one network evaluation per candidate, a = clip(eps - u(s, eps, 0, 1), -1, 1). Data: one candidate per
+   state. The TD target's a': the best of --num-target-candidates by the online critics' min(Q1, Q2). Evaluated:
+   best-of-N (--num-candidates), N = 1, and the zero-noise action clip(-u(s, 0, 0, 1), -1, 1).
 5. Critic: y = reward_scale r + gamma (1 - terminated) min_j Qtarget_j(s', a'), no entropy term.
-The score's gradient form, the gradient of logsumexp_k Q(a_t / mu + (sigma / mu) eps_k) / alpha unit-normalised and
-scaled by w, is the one the third party reports (iDEM's estimator, from "Iterated Denoising Energy Matching"):
-`--score-estimator idem --score-norm --q-norm batch`. Run: python som.py --env-id Hopper-v4
+The form the third party reports, `--score-estimator idem --score-norm --q-norm batch`, is iDEM's estimator ("Iterated
+Denoising Energy Matching"): the gradient of logsumexp_k Q(a_t / mu + (sigma / mu) eps_k) / alpha, unit-normalised
+and scaled by w. Run: python som.py --env-id Hopper-v4
 """
 
 from __future__ import annotations
@@ -254,9 +249,8 @@ def truncated_normal_in_box(mean: torch.Tensor, std: torch.Tensor, num_samples: 
 
 
 def normalise_q(q: torch.Tensor, mode: str, uniform_stats: Optional[tuple] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standardise Q (K, B): "state" by its mean and std over each noised action's K proposals, "batch" over all
-    K x B, "uniform" by each state's `uniform_stats` (mean, std) (1, B) over uniform actions in the box, the same
-    for every t; "none": raw. Returns (Qn, std as (1, B or 1, 1))."""
+    """Standardise Q (K, B) by mean and std over each noised action's K proposals ("state"), over K x B ("batch"), by
+    `uniform_stats` (each state's over uniform actions, (1, B) each: "uniform"), or not; returns (Qn, std (1, B, 1))."""
     if mode == "none":
         return q, torch.ones_like(q[:1]).unsqueeze(-1)
     if mode == "uniform":
@@ -276,8 +270,7 @@ def uniform_q_stats(q_fn: Callable, obs: torch.Tensor, num_samples: int, act_dim
 
 
 def boltzmann_draws(actions: torch.Tensor, q_normed: torch.Tensor, alpha: float) -> torch.Tensor:
-    """One approximate draw of pi*(a|s) ~ exp(Qn / alpha) per state: the K uniform actions (K, B, A) resampled by
-    softmax_k(Qn_k / alpha), with the Gumbel-max trick (argmax_k Qn_k / alpha + Gumbel noise). -> (B, A)."""
+    """Per state one of the K uniform actions (K, B, A) drawn by softmax_k(Qn_k / alpha) (Gumbel-max): -> (B, A)."""
     gumbel = -torch.log(-torch.log(torch.rand_like(q_normed).clamp(1e-12, 1.0 - 1e-7)))
     pick = (q_normed / alpha + gumbel).argmax(dim=0)  # (B,)
     return actions[pick, torch.arange(actions.shape[1], device=actions.device)]
@@ -286,8 +279,7 @@ def boltzmann_draws(actions: torch.Tensor, q_normed: torch.Tensor, alpha: float)
 def score_estimate(q_fn: Callable, obs: torch.Tensor, noised_action: torch.Tensor, t: torch.Tensor, num_samples: int,
                    alpha: float, beta_min: float, beta_max: float, estimator: str = "tweedie", q_norm: str = "state",
                    uniform_stats: Optional[tuple] = None) -> tuple[torch.Tensor, dict]:  # fmt: skip
-    """Monte-Carlo estimate of grad_a log p_t(a_t | s), p_t the VP-noised Boltzmann policy exp(Q / alpha).
-
+    """Monte-Carlo estimate of grad_a log p_t(a_t | s), p_t the VP-noised Boltzmann policy exp(Qn / alpha).
     tweedie: a0_k ~ N(a_t / mu, sigma^2 / mu^2) truncated to the box, w = softmax_k(Qn(a0_k) / alpha),
              score = (mu sum_k w_k a0_k - a_t) / sigma^2             (Tweedie: E[a0 | a_t] from the posterior)
     idem:    a0_k = a_t / mu + (sigma / mu) eps_k,
@@ -423,7 +415,7 @@ def actor_loss(args: Args, batch, actor, critic, diagnostics: bool = False) -> t
         a_t = mu(t) a + sigma(t) eps,   v = PF-ODE velocity at (a_t, t) from the score estimate,
         loss = adaptive-weighted || u(s, a_t, r, t) - stopgrad(v - (t - r) du/dt) ||^2.
     The info is empty unless `diagnostics` (at log time)."""
-    obs, actions = batch[0], batch[1]
+    obs, actions, act_dim = batch[0], batch[1], batch[1].shape[-1]
 
     # SOM's three Q's: the score weighs proposals by the MEAN of the two online critics (here), candidates are ranked
     # by the online critics' MIN (sample_actions), and the TD target bootstraps on the target critics' MIN (td_target)
@@ -431,11 +423,11 @@ def actor_loss(args: Args, batch, actor, critic, diagnostics: bool = False) -> t
         return critic(o, a).mean(dim=0)
 
     with torch.no_grad():
-        uniform_stats = None
-        if args.q_norm == "uniform" or args.target_point_fraction > 0:
-            uniform, q_uniform, uniform_stats = uniform_q_stats(mean_q, obs, args.num_mc_samples, actions.shape[-1])
-        if args.target_point_fraction > 0:  # the first rows' clean actions: draws of exp(Q / (alpha std_U(Q)))
-            num_drawn = round(args.target_point_fraction * len(obs))
+        uniform_stats, num_drawn = None, round(args.target_point_fraction * len(obs))
+        if args.q_norm == "uniform" or num_drawn:  # Q at K uniform actions: the uniform scale, the target's draws
+            rows = len(obs) if args.q_norm == "uniform" else num_drawn
+            uniform, q_uniform, uniform_stats = uniform_q_stats(mean_q, obs[:rows], args.num_mc_samples, act_dim)
+        if num_drawn:  # the first rows' clean actions: draws of exp(Q / (alpha std_U(Q)))
             q_normed = normalise_q(q_uniform[:, :num_drawn], "uniform", [x[:, :num_drawn] for x in uniform_stats])[0]
             actions = torch.cat([boltzmann_draws(uniform[:, :num_drawn], q_normed, args.alpha), actions[num_drawn:]])
         r, t = sample_time_pair(len(obs), args.t_min, args.flow_matching_fraction, obs.device)

@@ -98,7 +98,7 @@ def submit(env, script, *options) -> str:
     return out.stdout.strip().split(";")[0]
 
 
-def wait_for(env, job_ids, timeout=900):
+def wait_for(env, job_ids, timeout=1800):
     for _ in range(timeout // 5):
         queued = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True,
                                 text=True, env=env).stdout.split()  # fmt: skip
@@ -140,7 +140,7 @@ def test_every_task_runs_and_one_past_its_time_limit_finishes_from_its_checkpoin
     assert 0 < stopped < STEPS, f"the time limit fell at step {stopped} of {STEPS}: not mid-run"
     again = submit(cluster, script, "--array=0", f"--output={tmp_path}/som-2.out")
     wait_for(cluster, [again, others])
-    assert ref.wait(timeout=900) == 0, (tmp_path / "reference.log").read_text()[-2000:]
+    assert ref.wait(timeout=1800) == 0, (tmp_path / "reference.log").read_text()[-2000:]
     assert f"resumed from {runs}/slurm_smoke/task_0/" in (tmp_path / "som-2.out").read_text()
     for task in range(3):
         assert last_step(runs / "slurm_smoke" / f"task_{task}") == STEPS, tmp_path / f"task-{task}.out"
