@@ -21,6 +21,7 @@
 #   ./runs.sh five_tasks [--dry-run]  HalfCheetah-v4, Hopper-v4, Walker2d-v4, Ant-v4, Humanoid-v4, seeds 1-3 (SEEDS),
 #                                 30,000 steps at vs_sac's CPU settings: SAC, SOM and NC-LQL with their defaults
 #                                 (docs/results.md; records in results/five_tasks/)
+#   ./runs.sh target_screen       SOM's target forms on HalfCheetah-v4 seed 1 beside the five-task default (som_studies.md)
 #   ./runs.sh smoke [--dry-run]   each script and SAC on the bandit, SMOKE_STEPS (300) steps: minutes (the Slurm test)
 #   ./runs.sh --only som          only one algorithm (som or nc_lql); combine with any of the above
 set -euo pipefail
@@ -32,7 +33,7 @@ MODE=run
 ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    paper|quick|release|long|probe|vs_sac|five_tasks|smoke) SET="$1" ;;
+    paper|quick|release|long|probe|vs_sac|five_tasks|target_screen|smoke) SET="$1" ;;
     --dry-run) MODE=dry ;;
     --slurm) MODE=slurm ;;
     --only)
@@ -40,13 +41,13 @@ while [ $# -gt 0 ]; do
         som|nc_lql) ONLY="$2"; shift ;;
         *) echo "runs.sh: --only takes som or nc_lql, got '${2:-}' (see ./runs.sh --help)" >&2; exit 2 ;;
       esac ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "runs.sh: unknown argument '$1' (see ./runs.sh --help)" >&2; exit 2 ;;
   esac
   shift
 done
 PYTHON=${PYTHON:-python}
-[ "$SET" = release ] || [ "$SET" = long ] || [ "$SET" = vs_sac ] || [ "$SET" = five_tasks ] || [ "$SET" = smoke ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
+[ "$SET" = release ] || [ "$SET" = long ] || [ "$SET" = vs_sac ] || [ "$SET" = five_tasks ] || [ "$SET" = target_screen ] || [ "$SET" = smoke ] || SEEDS=${SEEDS:-"1 2 3 4 5"}
 
 # The quick set's budgets per (script, env): what was run for docs/results.md on 2 CPU cores. Every SOM line says how
 # it collected data, so the commands stay those of the recorded runs: those with N = 32 collected with best-of-32
@@ -140,6 +141,16 @@ commands() {
         echo "$PYTHON nc_lql.py --env-id $env --seed $seed $cpu --exp-name nc_lql_five_tasks"
       done; done; done
     fi
+    return
+  fi
+  if [ "$SET" = target_screen ]; then  # SOM's target and training points: the five-task command, other flags
+    local cpu="--num-envs 1 --learning-starts 5000 --batch-size 256 --critic-lr 3e-4 --eval-frequency 2500"
+    cpu="$cpu --eval-episodes 5 --total-timesteps 30000 --compile --checkpoint-frequency 10000 --checkpoint-buffer"
+    local som="$PYTHON som.py --env-id HalfCheetah-v4 --seed 1 $cpu --actor-lr 3e-4 --num-mc-samples 16 --num-target-candidates 1"
+    # the default's run is five_tasks' own (som_five_tasks)
+    echo "$som --q-norm uniform --exp-name som_screen_uniform"
+    echo "$som --target-point-fraction 0.5 --exp-name som_screen_points"
+    echo "$som --q-norm uniform --target-point-fraction 0.5 --exp-name som_screen_uniform_points"
     return
   fi
   if [ "$SET" = smoke ]; then  # seconds to minutes: each script and SAC on the bandit (tests/test_slurm.py)
