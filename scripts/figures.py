@@ -366,6 +366,30 @@ def speed_table(record: dict) -> list[str]:
     return lines
 
 
+# The authors' NC-LQL release (JAX, jit), timed on this project's machine type: ms per call
+RELEASE_MS = {"NC-LQL action, one observation": 0.645, "NC-LQL action, 5 observations": 7.7,
+              "NC-LQL full update": 102.5}  # fmt: skip
+
+
+def speed_summary(record: dict) -> list[str]:
+    """The README's speed table: each script's compiled update against its FLOP floor, and NC-LQL's compiled times
+    against the authors' release (RELEASE_MS)."""
+    lines = ["| what | `--compile` ms | against the FLOP floor | against the authors' release (JAX, jit) |",
+             "|---|---:|---:|---:|"]  # fmt: skip
+    for row in record["rows"]:
+        name = row["what"].replace("**", "")
+        release = next((ms for key, ms in RELEASE_MS.items() if name.startswith(key)), None)
+        if not (name.startswith(("SOM full update (", "NC-LQL full update")) or release):
+            continue
+        c = row["compiled_ms"]
+        floor = f"{c / (row['gflop'] / record['matmul_gflops'] * 1e3):.2f}x the floor" if row["gflop"] else ""
+        versus = (
+            "" if release is None else f"{release / c:.1f}x faster" if c < release else f"{c / release:.1f}x slower"
+        )
+        lines.append(f"| {name} | {c:.2f} | {floor} | {versus} |")
+    return lines
+
+
 def generated_tables(results: str = RESULTS) -> dict[str, list[str]]:
     """Every table the pages show, by name: {set}/tasks, {set}/aggregate and {set}/runs for each folder of run
     records; speed/{name} for each benchmark record results/speed/{name}.json."""
@@ -377,6 +401,7 @@ def generated_tables(results: str = RESULTS) -> dict[str, list[str]]:
                 f"{path} is not a benchmark record of format {BENCHMARK_FORMAT} (tests/benchmark.py --out)."
             )
         tables[f"speed/{os.path.basename(path)[:-5]}"] = speed_table(record)
+        tables[f"speed/{os.path.basename(path)[:-5]}_summary"] = speed_summary(record)
     for folder in sorted(glob.glob(os.path.join(results, "*", ""))):
         if os.path.basename(folder.rstrip("/")) == "speed":
             continue

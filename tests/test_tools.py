@@ -284,3 +284,21 @@ def test_sac_baseline_writes_the_scripts_tags(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sac_baseline.py"), "--batch-size", "0"],
                          capture_output=True, text=True, env=script_env())  # fmt: skip
     assert_one_sentence_error(bad, "--batch-size must be positive")
+
+
+def test_speed_tables_are_the_benchmark_records_rows_with_floors_and_the_releases_ratios():
+    from scripts import figures
+
+    record = {"format": figures.BENCHMARK_FORMAT, "command": "python tests/benchmark.py", "commit": "abc1234",
+              "machine": "a test", "versions": {"torch": "2.13.0"}, "device": "cpu", "matmul_gflops": 100.0,
+              "sizes": {"obs": 17, "act": 6, "batch": 256, "K": 100, "N": 32},
+              "rows": [{"what": "**SOM full update** (critic + actor)", "eager_ms": 400.0, "compiled_ms": 200.0,
+                        "gflop": 15.0},
+                       {"what": "NC-LQL action, one observation, 20 Langevin steps", "eager_ms": 16.0,
+                        "compiled_ms": 1.29, "gflop": 0.0}]}  # fmt: skip
+    table = figures.speed_table(record)
+    # 15 GFLOP at the run's 100 GFLOP/s: a 150 ms floor; 15 GFLOP in 200 ms: 75 GFLOP/s
+    assert table[2] == "| **SOM full update** (critic + actor) | 400.00 | 200.00 | 2.0x | 38 | 75 | 150.0 |"
+    summary = figures.speed_summary(record)
+    assert summary[2] == "| SOM full update (critic + actor) | 200.00 | 1.33x the floor |  |"
+    assert summary[3] == "| NC-LQL action, one observation, 20 Langevin steps | 1.29 |  | 2.0x slower |"  # 0.645 ms
