@@ -23,9 +23,8 @@ carries Gaussian noise at t = 1 to pi* at t = 0. Per update:
    state. The TD target's a': the best of --num-target-candidates by the online critics' min(Q1, Q2). Evaluated:
    best-of-N (--num-candidates), N = 1, and the zero-noise action clip(-u(s, 0, 0, 1), -1, 1).
 5. Critic: y = reward_scale r + gamma (1 - terminated) min_j Qtarget_j(s', a'), no entropy term.
-The form the third party reports, `--score-estimator idem --score-norm --q-norm batch`, is iDEM's estimator ("Iterated
-Denoising Energy Matching"): the gradient of logsumexp_k Q(a_t / mu + (sigma / mu) eps_k) / alpha, unit-normalised
-and scaled by w. Run: python som.py --env-id Hopper-v4
+The third party's form, `--score-estimator idem --score-norm --q-norm batch`, is iDEM's estimator (Iterated Denoising
+Energy Matching): grad logsumexp_k Q(a_t / mu + (sigma / mu) eps_k) / alpha, unit-normalised and scaled by w.
 """
 
 from __future__ import annotations
@@ -101,8 +100,7 @@ class Args(common.RunArgs):  # the run's flags (seed, --cuda, --compile, --track
     """[ours] standardise Q over each noised action's K proposals (state), by its spread over K uniform actions per
     state (uniform: one temperature for every t), over all K x B (batch), or not (none)"""
     target_point_fraction: float = 0.0
-    """[ours] share of the actor's training points whose clean action is a draw of the target policy (K uniform
-    actions resampled by softmax(Q / (alpha std_U(Q)))) instead of the replay action"""
+    """[ours] share of the actor's training points drawn from the target (Gumbel-max over K uniform actions)"""
     score_norm: bool = False
     """[ours] off; on: unit-normalise the score and multiply by w in the target velocity (the third-party form)"""
     w: float = 1.0
@@ -135,8 +133,7 @@ def vp_mu_sigma(t: torch.Tensor, beta_min: float, beta_max: float) -> tuple[torc
 
 # ==== Networks ========================================================================================================
 def time_embedding(t: torch.Tensor, dim: int = 16, max_freq: float = 20.0) -> torch.Tensor:
-    """Sinusoidal features of t in [0, 1] at frequencies 1 .. max_freq rad: (..., 1) -> (..., dim). Low frequencies
-    keep du/dt (the JVP in the MeanFlow target) small; t * 1000 would make it explode."""
+    """Sinusoidal features of t in [0, 1], 1 .. max_freq rad (low: a small du/dt in the JVP): (..., 1) -> (.., dim)."""
     angles = t * torch.exp(torch.linspace(0.0, math.log(max_freq), dim // 2, device=t.device, dtype=t.dtype))
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
@@ -150,9 +147,8 @@ def linear(in_dim: int, out_dim: int, fan_in: int, bias: bool = True) -> nn.Line
 
 
 class MeanFlowActor(nn.Module):
-    """u(s, a, r, t): the average velocity of the flow over [r, t], an MLP with Mish on [s, a, emb(t), emb(t - r)].
-    s (B, S), a (N, B, A), r and t (..., 1) broadcast. The first layer is applied input by input,
-    W [s, a, e] + b = (W_s s + b) + W_a a + W_e e, so a state shared by N candidates is multiplied once."""
+    """u(s, a, r, t), the flow's average velocity over [r, t]: an MLP with Mish on [s, a, emb(t), emb(t - r)], s (B, S),
+    a (N, B, A). Its first layer, input by input (W_s s + b) + W_a a + W_e e, multiplies a shared state once."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_hidden: int):
         super().__init__()
@@ -172,8 +168,7 @@ class MeanFlowActor(nn.Module):
 
 
 class TwinLinear(nn.Module):
-    """The same linear layer of both critics as one (2, in, out) weight, one batched matmul: x (2 or 1 if shared, ...,
-    in) -> (2, ..., out). Initialised as nn.Linear with `fan_in` inputs."""
+    """One layer of both critics as a (2, in, out) weight, one matmul: x (2 or 1 if shared, .., in) -> (2, .., out)."""
 
     def __init__(self, in_dim: int, out_dim: int, fan_in: int, bias: bool = True):
         super().__init__()
@@ -189,8 +184,7 @@ class TwinLinear(nn.Module):
 
 
 class TwinCritic(nn.Module):
-    """Q1 and Q2, MLPs with Mish on [s, a], in one batched call: (s (..., S), a (..., A)) -> (2, ...); the first layer
-    applied input by input, as in the actor."""
+    """Q1 and Q2, MLPs with Mish on [s, a] in one batched call, first layer split: (s (.., S), a (.., A)) -> (2, ..)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_hidden: int):
         super().__init__()
@@ -234,8 +228,7 @@ class ReplayBuffer:
 # ==== 1. Score of the noised Boltzmann policy, estimated from the critic with K Monte-Carlo proposals =================
 def truncated_normal_in_box(mean: torch.Tensor, std: torch.Tensor, num_samples: int) -> torch.Tensor:
     """K draws of N(mean, std^2) truncated to [-1, 1] per dimension by inverse-CDF sampling: (B, A) -> (K, B, A)."""
-    # float64 (std is about 150 at t = 1 and tiny near t = 0), mirrored to mean >= 0 so that the box lies at or
-    # below the mean, where the normal CDF keeps its relative precision
+    # float64 (std ~150 at t = 1, tiny near t = 0), mirrored to mean >= 0: the box below the mean keeps CDF precision
     flip = mean < 0
     m, s = mean.double().abs(), std.double().expand_as(mean)
     # the CDF of N(m, s^2) at the box's faces; a uniform p between them, mapped back by the inverse CDF
@@ -262,8 +255,7 @@ def normalise_q(q: torch.Tensor, mode: str, uniform_stats: Optional[tuple] = Non
 
 
 def uniform_q_stats(q_fn: Callable, obs: torch.Tensor, num_samples: int, act_dim: int):
-    """Q at K uniform actions in the box per state: (actions (K, B, A), Q (K, B), (mean, std) of Q per state (1, B)).
-    One draw per state and update, independent of any noised action: the scale of "uniform" Q-normalisation."""
+    """Q at K uniform actions per state, independent of any noised action: (actions, Q (K, B), (mean, std) (1, B))."""
     actions = 2.0 * torch.rand(num_samples, obs.shape[0], act_dim, device=obs.device) - 1.0
     q = q_fn(obs, actions)
     return actions, q, (q.mean(dim=0, keepdim=True), q.std(dim=0, keepdim=True).clamp_min(1e-6))
@@ -341,8 +333,7 @@ def adaptive_weighted(sq_err: torch.Tensor, power: float, eps: float = 1e-3) -> 
     return (sq_err / (sq_err.detach() + eps).pow(power)).mean()
 
 
-def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_power: float = 0.5,
-                  diagnostics: bool = False) -> tuple[torch.Tensor, dict]:  # fmt: skip
+def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_power: float = 0.5, diagnostics: bool = False):
     """adaptive_weighted(d), d_b = mean_dims (u - u_tgt)^2: u with gradient, the target (and its JVP) without, the
     same gradient as MeanFlow's stop-gradient. `diagnostics`: also the target's norms and the error by range of t."""
     u = actor(obs, noised_action, r, t)
@@ -361,9 +352,8 @@ def meanflow_loss(actor, obs, noised_action, r, t, velocity, adaptive_power: flo
 # ==== 4. Acting: one network evaluation per candidate, best of N by the critics =======================================
 def flow_sample(actor: MeanFlowActor, obs: torch.Tensor, num_candidates: int, num_steps: int = 1,
                 noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
-    """N samples per state of the actor's flow from noise eps (t = 1) to an action (t = 0) in `num_steps` equal
-    MeanFlow steps z_r = z_t - (t - r) u(s, z_t, r, t), clipped to the box: num_steps = 1 is the one-step policy,
-    a = clip(eps - u(s, eps, 0, 1), -1, 1), one network evaluation. obs (B, S), noise (N, B, A) -> (N, B, A)."""
+    """N samples per state of the actor's flow from noise eps (t = 1) to an action (t = 0) in `num_steps` MeanFlow steps
+    z_r = z_t - (t - r) u(s, z_t, r, t), clipped to the box (1 step: the one-step policy); noise, result (N, B, A)."""
     z = torch.randn(num_candidates, obs.shape[0], actor.act_dim, device=obs.device) if noise is None else noise
     times = torch.linspace(1.0, 0.0, num_steps + 1, device=obs.device).view(-1, 1, 1)
     for t, r in zip(times[:-1], times[1:]):
@@ -372,13 +362,11 @@ def flow_sample(actor: MeanFlowActor, obs: torch.Tensor, num_candidates: int, nu
 
 
 def zero_noise_action(actor: MeanFlowActor, obs: torch.Tensor) -> torch.Tensor:
-    """The one-step map of the noise's mean, eps = 0: one deterministic network evaluation per state, the
-    counterpart of SAC's mean action (evaluation only). obs (B, S) -> (B, A)."""
+    """The one-step map of eps = 0, one deterministic evaluation, as SAC evaluates its mean action: (B, S) -> (B, A)."""
     return flow_sample(actor, obs, 1, noise=torch.zeros(1, obs.shape[0], actor.act_dim, device=obs.device))[0]
 
 
-def sample_actions(actor: MeanFlowActor, critic: TwinCritic, obs: torch.Tensor, num_candidates: int,
-                   flow_steps: int = 1) -> torch.Tensor:  # fmt: skip
+def sample_actions(actor, critic, obs: torch.Tensor, num_candidates: int, flow_steps: int = 1) -> torch.Tensor:
     """The candidate with the highest min(Q1, Q2): obs (B, S) -> (B, A); N = 1 skips the critic. flow_steps > 1
     (scripts/evaluate.py): the candidates come from that many MeanFlow steps instead of one."""
     candidates = flow_sample(actor, obs, num_candidates, flow_steps)
@@ -389,8 +377,7 @@ def sample_actions(actor: MeanFlowActor, critic: TwinCritic, obs: torch.Tensor, 
 
 
 # ==== 5. Critic: TD target without an entropy term; the two updates ===================================================
-def td_target(critic_target: TwinCritic, next_obs, next_action, reward, terminated, gamma: float,
-              reward_scale: float) -> torch.Tensor:  # fmt: skip
+def td_target(critic_target, next_obs, next_action, reward, terminated, gamma: float, reward_scale: float):
     """y = reward_scale r + gamma (1 - terminated) min_j Qtarget_j(s', a'). Truncation is not termination."""
     next_q = critic_target(next_obs, next_action).min(dim=0).values
     return reward_scale * reward + gamma * (1.0 - terminated) * next_q
@@ -398,7 +385,7 @@ def td_target(critic_target: TwinCritic, next_obs, next_action, reward, terminat
 
 def bootstrap_target(args: Args, batch, actor, critic, critic_target) -> torch.Tensor:
     """The TD target y (B,), the next action a' from the acting sampler (best of --num-target-candidates)."""
-    obs, actions, rewards, next_obs, terminated = batch
+    _, _, rewards, next_obs, terminated = batch
     with torch.no_grad():
         next_actions = sample_actions(actor, critic, next_obs, args.num_target_candidates)
         return td_target(critic_target, next_obs, next_actions, rewards, terminated, args.gamma, args.reward_scale)
@@ -411,10 +398,9 @@ def critic_loss(critic: TwinCritic, obs, actions, y) -> tuple[torch.Tensor, torc
 
 
 def actor_loss(args: Args, batch, actor, critic, diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
-    """The MeanFlow loss at replay states, with their replay actions a (or draws of the target) noised to t:
-        a_t = mu(t) a + sigma(t) eps,   v = PF-ODE velocity at (a_t, t) from the score estimate,
-        loss = adaptive-weighted || u(s, a_t, r, t) - stopgrad(v - (t - r) du/dt) ||^2.
-    The info is empty unless `diagnostics` (at log time)."""
+    """The MeanFlow loss at replay states, their replay actions a (or draws of the target) noised to t: a_t = mu(t) a +
+    sigma(t) eps, v = the PF-ODE velocity at (a_t, t) from the score estimate, loss = adaptive-weighted
+    || u(s, a_t, r, t) - stopgrad(v - (t - r) du/dt) ||^2. The info is empty unless `diagnostics` (at log time)."""
     obs, actions, act_dim = batch[0], batch[1], batch[1].shape[-1]
 
     # SOM's three Q's: the score weighs proposals by the MEAN of the two online critics (here), candidates are ranked
@@ -457,8 +443,7 @@ def hot_paths(compile: bool = False, device: Optional[torch.device] = None, cuda
     )
 
 
-def critic_update(args: Args, batch, actor, critic, critic_target, critic_optimizer,
-                  hot: Optional[SimpleNamespace] = None) -> dict:  # fmt: skip
+def critic_update(args: Args, batch, actor, critic, critic_target, critic_optimizer, hot=None) -> dict:
     """One Adam step of both critics toward the TD target (`hot`: the functions to run; default eager)."""
     hot = hot or hot_paths()
     y = hot.bootstrap_target(args, batch, actor, critic, critic_target)  # consumed before the next call: no copy
@@ -480,8 +465,7 @@ def build_networks(args: Args, obs_dim: int, act_dim: int, device):
 
 
 def load_policy(path: str, num_candidates: Optional[int] = None, device: str = "cpu", flow_steps: int = 1):
-    """(policy, args) from a --save-model file or a checkpoint.pt: policy(obs (B, S)) -> actions in [-1, 1], the best
-    of `num_candidates` (default: the run's N; 1: the one-step policy), each from `flow_steps` MeanFlow steps."""
+    """(policy, args) from a saved file: obs (B, S) -> best of `num_candidates` (default N), `flow_steps` each."""
     payload = common.load_model(path, ALGORITHM)
     args = common.known_args(Args, payload["args"])
     actor, critic = build_networks(args, payload["obs_dim"], payload["act_dim"], device)
@@ -529,8 +513,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
     rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
-    # the loop's counters: env transitions so far, gradient updates, and the action-bound share since the last log;
-    # saved in every checkpoint, restored by common.Run on --resume
+    # the loop's counters (env transitions, updates, action-bound share since the last log): in every checkpoint
     step = {"global_step": 0, "updates": 0, "bound_hits": 0.0, "acting_steps": 0}
     run = common.Run(ALGORITHM, args, run_dir, envs, {"actor": actor, "critic": critic, "critic_target": critic_target},
                      {"actor": actor_optimizer, "critic": critic_optimizer}, rb, step)  # fmt: skip
@@ -578,8 +561,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                 diagnostics = actor_diagnostics(args, rb.sample(64), actor, critic) if update_info else {}
                 bounds = step["bound_hits"] / max(step["acting_steps"], 1)  # since the last log
                 step.update(bound_hits=0.0, acting_steps=0)
-                run.logger.scalars({**update_info, **diagnostics, "charts/action_bound_fraction": bounds,
-                                    "charts/SPS": run.progress.rate(), "charts/updates": step["updates"]},
+                charts = {"charts/SPS": run.progress.rate(), "charts/updates": step["updates"]}
+                run.logger.scalars({**update_info, **diagnostics, **charts, "charts/action_bound_fraction": bounds},
                                    global_step)  # fmt: skip
             run.progress.update(global_step, step["updates"], last_return)
 
