@@ -138,6 +138,9 @@ def test_every_task_runs_and_one_past_its_time_limit_finishes_from_its_checkpoin
     assert "SIGTERM received: stopped at step" in log, log[-2000:]
     stopped = last_step(runs / "slurm_smoke" / "task_0")
     assert 0 < stopped < STEPS, f"the time limit fell at step {stopped} of {STEPS}: not mid-run"
+    (info,) = glob.glob(str(runs / "slurm_smoke" / "task_0" / "*" / "run_info.jsonl"))
+    start, end = (json.loads(line)["time"] for line in open(info).read().splitlines()[:2])
+    assert end - start < 100, f"stopped {end - start:.0f} s into its 120: by the limit, not by the early warning"
     again = submit(cluster, script, "--array=0", f"--output={tmp_path}/som-2.out")
     wait_for(cluster, [again, others])
     assert ref.wait(timeout=1800) == 0, (tmp_path / "reference.log").read_text()[-2000:]
