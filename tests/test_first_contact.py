@@ -66,6 +66,7 @@ BAD = {
         ({"num_target_candidates": 0}, "--num-target-candidates must be positive, got 0."),
         ({"num_collect_candidates": -1}, "--num-collect-candidates must be positive, got -1."),
         ({"flow_matching_fraction": 1.5}, "--flow-matching-fraction must be in [0, 1], got 1.5."),
+        ({"target_point_fraction": -0.1}, "--target-point-fraction must be in [0, 1], got -0.1."),
         ({"adaptive_power": -0.5}, "--adaptive-power must be at least 0, got -0.5."),
         ({"t_min": 0.0}, "--t-min must be in (0, 0.5), got 0.0."),
         ({"t_min": 0.5}, "--t-min must be in (0, 0.5), got 0.5."),
