@@ -124,7 +124,13 @@ def test_slurm_writes_one_array_task_per_command(tmp_path):
     proc = subprocess.run(["bash", RUNS, "--slurm"], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert f"sbatch {tmp_path / 'runs_slurm.sbatch'}" in proc.stdout
     text = (tmp_path / "runs_slurm.sbatch").read_text()
-    assert "#SBATCH --array=0-54" in text and text.count("--cuda") == 55
+    assert "#SBATCH --array=0-54" in text and "--cuda" not in text  # the scripts take the GPU when there is one
+    assert "#SBATCH --signal=B:TERM@120" in text and "#SBATCH --requeue" in text and "#SBATCH --gres=gpu:1" in text
+    assert 'eval "exec ${JOBS[$SLURM_ARRAY_TASK_ID]} --run-dir $TASK_DIR ${CHECKPOINT:+--resume $CHECKPOINT}"' in text
+    subprocess.run(["bash", RUNS, "--slurm"], check=True, capture_output=True, cwd=tmp_path,
+                   env={**os.environ, "RUNS_GPUS": "0", "RUNS_TIME": "2:00:00", "RUNS_PARTITION": "gpu"})  # fmt: skip
+    text = (tmp_path / "runs_slurm.sbatch").read_text()
+    assert "--gres" not in text and "#SBATCH --time=2:00:00" in text and "#SBATCH --partition=gpu" in text
 
 
 @pytest.mark.parametrize(
