@@ -44,9 +44,14 @@ assert evals == [2000, 3000, 4000], evals
 print(f"steps/s {acc.Scalars('charts/SPS')[-1].value:.0f}")
 PY
 }
+# the CPU variant runs smaller networks (SOM_FLAGS, NC_LQL_FLAGS), so that it ends in minutes on 2 cores
+small=$([ "$DEVICE" = cuda ] || echo --hidden-dim 64)
+SOM_FLAGS=${SOM_FLAGS:-$small $([ "$DEVICE" = cuda ] || echo --num-mc-samples 16 --num-candidates 8)}
+NC_LQL_FLAGS=${NC_LQL_FLAGS:-$small}
 for script in som.py nc_lql.py; do
-  check "$script --compile on $DEVICE" short_run "$script" --compile
-  if [ "$DEVICE" = cuda ]; then check "$script --compile --cudagraphs" short_run "$script" --compile --cudagraphs; fi
+  flags=$([ "$script" = som.py ] && echo "$SOM_FLAGS" || echo "$NC_LQL_FLAGS")
+  check "$script --compile on $DEVICE" short_run "$script" --compile $flags
+  if [ "$DEVICE" = cuda ]; then check "$script --compile --cudagraphs" short_run "$script" --compile --cudagraphs $flags; fi
 done
 # the CPU variant times smaller sizes (BENCH_FLAGS), so that it ends in minutes on 2 cores
 bench_flags=${BENCH_FLAGS:-$([ "$DEVICE" = cuda ] && echo --cuda || echo --batch-size 64 --num-mc-samples 16 --num-candidates 8)}
