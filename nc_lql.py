@@ -262,8 +262,7 @@ def sample_actions(critic: NoiseConditionedTwinCritic, obs: torch.Tensor, args: 
     """Actions (B, A) by the annealed sampler, the best of N chains by min(Q1, Q2) at the clean level; no graph."""
     levels, step_sizes = sampler_schedule(args)
     q_along = critic.along_chain(obs, max(levels) + 1)
-    # the chains climb Q1 + Q2 (the sampler sums q_fn; under grad_norm only the sum's direction counts, without it the
-    # sum doubles w), while the best chain is chosen, as the TD target's a' is scored, by min(Q1, Q2)
+    # the chains climb Q1 + Q2 (with grad_norm only its direction counts; without, it doubles w); min(Q1, Q2) chooses
     chains = annealed_langevin(lambda _, x, level: q_along(x, level), obs, act_dim, levels, step_sizes, args.w,
                                args.grad_norm, args.num_chains, noise)  # fmt: skip
     if args.num_chains == 1:
@@ -301,8 +300,7 @@ def update_targets(args: Args, batch, critic, critic_target, sigmas: torch.Tenso
 
 
 def hot_paths(compile: bool = False, device: Optional[torch.device] = None, cudagraphs: bool = False):
-    """The functions a run calls at every step, by name: these eager ones, or with --compile compiled copies (the
-    same math, tests/test_compile.py). critic_update takes them as `hot`."""
+    """The per-step functions by name, eager or (--compile) compiled copies of the same math; the update takes them."""
     return common.hot_functions([sample_actions, update_targets, regression_loss], compile, device, cudagraphs)
 
 
